@@ -1,0 +1,271 @@
+"""A fault-injecting reverse proxy for integration tests.
+
+``FaultProxy`` listens on 127.0.0.1 and sits in front of a real DICOMweb server (Orthanc).
+For requests whose method is in ``FaultPlan.methods`` it injects, with seeded and therefore
+reproducible probabilities, the failures a DICOMweb client must survive:
+
+* ``503``: answer 503 Service Unavailable without forwarding;
+* ``429``: answer 429 Too Many Requests with ``Retry-After`` without forwarding;
+* ``drop``: read the request, then close the socket with no response at all;
+* ``drop_after_forward``: forward the request (so it takes effect upstream), then close the
+  client socket without answering -- the "lost response" case.
+
+Everything else is relayed to the upstream server. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import random
+import socket
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
+)
+
+
+def _is_hop_by_hop(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _HOP_BY_HOP or lowered.startswith("proxy-")
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Per-request fault probabilities.
+
+    One uniform draw per faultable request is compared against the cumulative bands
+    ``p_503, p_429, p_drop, p_drop_after_forward`` (in that order), so the probabilities
+    should sum to at most 1; the remainder is forwarded normally.
+    """
+
+    p_503: float = 0.0
+    p_429: float = 0.0
+    p_drop: float = 0.0
+    p_drop_after_forward: float = 0.0
+    retry_after: str = "1"
+    seed: int = 0
+    methods: frozenset[str] = frozenset({"POST"})
+
+    def __post_init__(self) -> None:
+        for name in ("p_503", "p_429", "p_drop", "p_drop_after_forward"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {value}")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _ProxyServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, add=False)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size_line = self.rfile.readline(65537)
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # discard trailers
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)  # CRLF after the chunk data
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _send_simple(self, status: int, text: str, extra: dict[str, str] | None = None) -> None:
+        body = text.encode()
+        self.send_response_only(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        proxy = self.server.proxy
+        headers = {
+            name: value
+            for name, value in self.headers.items()
+            if not _is_hop_by_hop(name) and name.lower() not in ("host", "content-length")
+        }
+        if body or self.command in ("POST", "PUT", "PATCH"):
+            headers["Content-Length"] = str(len(body))
+        conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=300)
+        try:
+            conn.request(self.command, proxy.upstream_prefix + self.path, body, headers)
+            resp = conn.getresponse()
+            return resp.status, resp.reason, resp.getheaders(), resp.read()
+        finally:
+            conn.close()
+
+    def _handle(self) -> None:
+        proxy = self.server.proxy
+        try:
+            body = self._read_body()
+        except ValueError:
+            self.close_connection = True
+            self._send_simple(400, "fault proxy: malformed request body\n")
+            return
+        outcome = proxy.decide(self.command)
+        if outcome == "503":
+            self._send_simple(503, "fault proxy: injected 503\n")
+        elif outcome == "429":
+            self._send_simple(429, "fault proxy: injected 429\n", {"Retry-After": proxy.plan.retry_after})
+        elif outcome == "drop":
+            self._drop()
+        else:
+            try:
+                status, reason, headers, resp_body = self._forward(body)
+            except (OSError, http.client.HTTPException) as exc:
+                proxy.count("upstream_error")
+                self._send_simple(502, f"fault proxy: upstream error: {exc!r}\n")
+                return
+            if outcome == "drop_after_forward":
+                self._drop()
+                return
+            self.send_response_only(status, reason)
+            no_body = self.command == "HEAD" or status in (204, 304) or status < 200
+            for name, value in headers:
+                if _is_hop_by_hop(name) or (name.lower() == "content-length" and not no_body):
+                    continue
+                self.send_header(name, value)
+            if not no_body:
+                self.send_header("Content-Length", str(len(resp_body)))
+            self.end_headers()
+            if not no_body:
+                self.wfile.write(resp_body)
+        proxy.count(outcome)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self.proxy = proxy
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def track(self, sock: socket.socket, *, add: bool) -> None:
+        with self._open_lock:
+            (self._open.add if add else self._open.discard)(sock)
+
+    def close_all(self) -> None:
+        with self._open_lock:
+            for sock in list(self._open):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._open.clear()
+
+
+class FaultProxy:
+    """Reverse proxy on 127.0.0.1 that maps path P to ``upstream_base + P`` and injects faults.
+
+    ``counts`` has one entry per handled request under exactly one of the keys
+    ``"forwarded"``, ``"503"``, ``"429"``, ``"drop"``, ``"drop_after_forward"``
+    (plus ``"upstream_error"`` when the upstream could not be reached; answered 502).
+    """
+
+    def __init__(self, upstream_base: str, plan: FaultPlan) -> None:
+        parts = urllib.parse.urlsplit(upstream_base)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"upstream_base must be an http:// URL, got {upstream_base!r}")
+        self.upstream_base = upstream_base
+        self.upstream_host: str = parts.hostname
+        self.upstream_port: int = parts.port or 80
+        self.upstream_prefix: str = parts.path.rstrip("/")
+        self.plan = plan
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        self._rng = random.Random(plan.seed)
+        self._server: _ProxyServer | None = None
+        self._thread: threading.Thread | None = None
+        self.base_url = ""
+
+    def decide(self, method: str) -> str:
+        """Return the outcome for one request: a fault key or ``"forwarded"``."""
+        if method.upper() not in self.plan.methods:
+            return "forwarded"
+        with self._lock:
+            draw = self._rng.random()
+        plan = self.plan
+        edge = 0.0
+        for key, p in (
+            ("503", plan.p_503),
+            ("429", plan.p_429),
+            ("drop", plan.p_drop),
+            ("drop_after_forward", plan.p_drop_after_forward),
+        ):
+            edge += p
+            if draw < edge:
+                return key
+        return "forwarded"
+
+    def count(self, key: str) -> None:
+        with self._lock:
+            self.counts[key] += 1
+
+    def start(self) -> FaultProxy:
+        if self._server is not None:
+            raise RuntimeError("FaultProxy already started")
+        self._server = _ProxyServer(self)
+        host, port = self._server.server_address[:2]
+        self.base_url = f"http://{host}:{port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="fault-proxy", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_all()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,126 @@
+"""How requests authenticate, chosen by a picklable ``AuthConfig`` and built on the worker.
+
+Secrets never travel in the pipeline graph or in options: a bearer token is read from an
+environment variable or a file, a basic-auth password from an environment variable, and Google
+credentials come from Application Default Credentials on the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import requests
+import requests.adapters
+import requests.auth
+
+AUTH_KINDS = ("google", "bearer", "basic", "none")
+GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+USER_AGENT = "dicomweb-beam/0.1"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Which credentials to send.
+
+    Args:
+      kind: ``google`` (Application Default Credentials, refreshed as they expire), ``bearer``
+        (a static token), ``basic`` (HTTP basic) or ``none``.
+      token_env: for ``bearer``, the name of the environment variable holding the token.
+      token_file: for ``bearer``, a file holding the token (used when ``token_env`` is unset).
+      username: for ``basic``.
+      password_env: for ``basic``, the name of the environment variable holding the password.
+    """
+
+    kind: str = "none"
+    token_env: str | None = None
+    token_file: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in AUTH_KINDS:
+            raise ValueError(f"auth must be one of {', '.join(AUTH_KINDS)}: got {self.kind!r}")
+        if self.kind == "bearer" and not (self.token_env or self.token_file):
+            raise ValueError("bearer auth needs token_env or token_file")
+        if self.kind == "basic" and not (self.username and self.password_env):
+            raise ValueError("basic auth needs username and password_env")
+
+    def build(self) -> requests.auth.AuthBase | None:
+        """The requests auth object; call it on the worker (reads env vars, files, ADC)."""
+        if self.kind == "google":
+            return GoogleAdcAuth()
+        if self.kind == "bearer":
+            return BearerAuth(self._read_token())
+        if self.kind == "basic":
+            assert self.username and self.password_env
+            password = os.environ.get(self.password_env)
+            if password is None:
+                raise ValueError(f"environment variable {self.password_env} is not set")
+            return requests.auth.HTTPBasicAuth(self.username, password)
+        return None
+
+    def _read_token(self) -> str:
+        if self.token_env:
+            token = os.environ.get(self.token_env)
+            if token is None and not self.token_file:
+                raise ValueError(f"environment variable {self.token_env} is not set")
+            if token is not None:
+                return token.strip()
+        assert self.token_file
+        with open(self.token_file, encoding="utf-8") as f:
+            return f.read().strip()
+
+
+class BearerAuth(requests.auth.AuthBase):
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("the bearer token is empty")
+        self._header = f"Bearer {token}"
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = self._header
+        return r
+
+    def __repr__(self) -> str:  # never show the token
+        return "BearerAuth(***)"
+
+
+class GoogleAdcAuth(requests.auth.AuthBase):
+    """Application Default Credentials, refreshed before they expire.
+
+    Unlike google-auth's ``AuthorizedSession``, this never re-sends a request by itself after a
+    401, which would replay an already consumed streaming body; our retry loop owns re-sending.
+    """
+
+    def __init__(self) -> None:
+        import google.auth
+        import google.auth.transport.requests
+
+        self._credentials, _ = google.auth.default(scopes=list(GOOGLE_SCOPES))
+        self._refresh_request = google.auth.transport.requests.Request()
+        self._lock = threading.Lock()
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        with self._lock:
+            if not self._credentials.valid:
+                self._credentials.refresh(self._refresh_request)
+            self._credentials.apply(r.headers)
+        return r
+
+    def __repr__(self) -> str:
+        return "GoogleAdcAuth()"
+
+
+def make_session(auth: AuthConfig, *, pool_size: int = 8) -> requests.Session:
+    """A pooled session: keep-alive connections, no retries of its own (ours are smarter)."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(
+        pool_connections=4, pool_maxsize=max(pool_size, 1), max_retries=0
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    session.auth = auth.build()
+    return session

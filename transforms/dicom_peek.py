@@ -1,0 +1,209 @@
+"""Look at a DICOM file's header without reading its pixels, and decide if it can be stored.
+
+No Beam here. ``peek_dicom`` reads the header with ``pydicom.dcmread(stop_before_pixels=True)``,
+then checks what pydicom does not: that no element claims more bytes than the file has (pydicom
+returns a partial dataset for a truncated file), that the pixel data is complete, and that the
+UIDs a store needs are present and well formed. Errors name the problem, never a value read from
+the file, so no patient data leaks into dead letters or logs.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import BinaryIO
+
+import pydicom
+import pydicom.filewriter
+import pydicom.uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+
+from transforms.dead_letter import Reason
+from transforms.errors import InvalidInputError
+from transforms.records import DicomFile, InstanceUids
+
+MAX_UID_LENGTH = 64
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# Values larger than this are skipped by seeking, so a header with big non-pixel blobs costs
+# no memory; their lengths are still checked against the file size.
+_DEFER_SIZE = 64 * 1024
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR"}
+_LONG_LENGTH_VRS |= {b"UT", b"UV"}
+_ITEM = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
+
+_REQUIRED_UIDS = (
+    ("StudyInstanceUID", "(0020,000D)"),
+    ("SeriesInstanceUID", "(0020,000E)"),
+    ("SOPInstanceUID", "(0008,0018)"),
+    ("SOPClassUID", "(0008,0016)"),
+)
+
+
+def check_uid(value: object, name: str) -> str:
+    """The UID as a string, or ``InvalidInputError`` saying what is wrong with it."""
+    if value is None or value == "":
+        raise InvalidInputError(Reason.MISSING_UID, f"{name} is missing")
+    text = str(value)
+    if not isinstance(value, str) or not _UID.match(text):
+        raise InvalidInputError(
+            Reason.INVALID_UID, f"{name} is not made of digits and dots (PS3.5 9.1)"
+        )
+    if len(text) > MAX_UID_LENGTH:
+        raise InvalidInputError(
+            Reason.INVALID_UID, f"{name} is {len(text)} characters long; at most 64 are allowed"
+        )
+    return text
+
+
+def peek_dicom(stream: BinaryIO, *, path: str, size: int) -> DicomFile:
+    """Validate the DICOM file in ``stream`` (seekable, at its start) of ``size`` bytes.
+
+    Accepts Part 10 files and raw datasets (no preamble nor File Meta Information: a File Meta
+    header is generated for them, to be sent before their bytes).
+
+    Raises:
+      InvalidInputError: with reason ``not_dicom``, ``truncated``, ``missing_uid`` or
+        ``invalid_uid``.
+    """
+    head = stream.read(132)
+    stream.seek(0)
+    is_part10 = len(head) == 132 and head[128:132] == b"DICM"
+    try:
+        ds = pydicom.dcmread(
+            stream, stop_before_pixels=True, defer_size=_DEFER_SIZE, force=not is_part10
+        )
+    except EOFError:
+        raise InvalidInputError(Reason.TRUNCATED, "the file ends inside its DICOM header") from None
+    except Exception as exc:  # pydicom raises many types; their text may quote values
+        if not is_part10:
+            raise InvalidInputError(Reason.NOT_DICOM, _NOT_DICOM) from None
+        raise InvalidInputError(
+            Reason.NOT_DICOM, f"the DICOM header cannot be parsed ({type(exc).__name__})"
+        ) from None
+    if not is_part10 and "SOPInstanceUID" not in ds:
+        raise InvalidInputError(Reason.NOT_DICOM, _NOT_DICOM)
+
+    transfer_syntax = _transfer_syntax(ds, is_part10)
+    if transfer_syntax != pydicom.uid.DeflatedExplicitVRLittleEndian:
+        # Offsets of a deflated dataset refer to the inflated stream, not the file.
+        _check_complete(ds, stream, size)
+    study, series, sop, sop_class = (check_uid(ds.get(k), f"{k} {t}") for k, t in _REQUIRED_UIDS)
+    prefix = b"" if is_part10 else file_meta_prefix(sop_class, sop, transfer_syntax)
+    return DicomFile(
+        path=path,
+        size=size + len(prefix),
+        uids=InstanceUids(study, series, sop),
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=transfer_syntax,
+        file_meta_prefix=prefix,
+    )
+
+
+_NOT_DICOM = (
+    "not a DICOM file: no 'DICM' marker at byte 128 (Part 10) and not a readable raw dataset"
+)
+
+
+def _transfer_syntax(ds: Dataset, is_part10: bool) -> str:
+    if is_part10:
+        meta = getattr(ds, "file_meta", None)
+        return check_uid(
+            meta.get("TransferSyntaxUID") if meta is not None else None,
+            "TransferSyntaxUID (0002,0010) of the File Meta Information",
+        )
+    implicit, little = ds.original_encoding
+    if implicit:
+        return pydicom.uid.ImplicitVRLittleEndian
+    return pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+
+
+def _check_complete(ds: Dataset, stream: BinaryIO, size: int) -> None:
+    """Raise ``truncated`` if an element or the pixel data runs past the end of the file."""
+    for element in ds._dict.values():
+        tell = getattr(element, "value_tell", None)
+        length = getattr(element, "length", None)
+        if tell is None or length is None or length == _UNDEFINED_LENGTH:
+            continue
+        if tell + length > size:
+            raise InvalidInputError(
+                Reason.TRUNCATED,
+                f"the file ends inside element {element.tag} ({size} bytes, "
+                f"{tell + length} needed)",
+            )
+    position = stream.tell()
+    if position < size:
+        implicit, little = ds.original_encoding
+        _check_pixel_data(stream, position, size, implicit=implicit, little=little)
+
+
+def _check_pixel_data(
+    stream: BinaryIO, position: int, size: int, *, implicit: bool, little: bool
+) -> None:
+    endian = "<" if little else ">"
+    stream.seek(position)
+    header = stream.read(12)
+    if len(header) < 8:
+        raise InvalidInputError(Reason.TRUNCATED, "the file ends inside the pixel data header")
+    group, elem = struct.unpack(endian + "HH", header[:4])
+    if group != 0x7FE0:
+        return  # stopped for another reason; the element checks above apply
+    vr = header[4:6]
+    if implicit or not (vr.isalpha() and vr.isupper()):
+        # Some writers switch to implicit VR for the pixel data; pydicom tolerates it too.
+        (length,) = struct.unpack(endian + "L", header[4:8])
+        start = position + 8
+    elif vr in _LONG_LENGTH_VRS:
+        if len(header) < 12:
+            raise InvalidInputError(Reason.TRUNCATED, "the file ends inside the pixel data header")
+        (length,) = struct.unpack(endian + "L", header[8:12])
+        start = position + 12
+    else:
+        (length,) = struct.unpack(endian + "H", header[6:8])
+        start = position + 8
+    if length != _UNDEFINED_LENGTH:
+        if start + length > size:
+            raise InvalidInputError(
+                Reason.TRUNCATED,
+                f"pixel data needs {length} bytes but the file holds {size - start}",
+            )
+        return
+    _check_encapsulated(stream, start, size, endian)
+
+
+def _check_encapsulated(stream: BinaryIO, position: int, size: int, endian: str) -> None:
+    """Walk the fragments of encapsulated pixel data up to the sequence delimiter."""
+    while True:
+        stream.seek(position)
+        header = stream.read(8)
+        if len(header) < 8:
+            raise InvalidInputError(
+                Reason.TRUNCATED, "the file ends inside encapsulated pixel data"
+            )
+        group, elem, length = struct.unpack(endian + "HHL", header)
+        if (group, elem) == _SEQUENCE_DELIMITER:
+            return
+        if (group, elem) != _ITEM or length == _UNDEFINED_LENGTH:
+            raise InvalidInputError(
+                Reason.NOT_DICOM, "encapsulated pixel data is malformed (expected an item)"
+            )
+        position += 8 + length
+        if position > size:
+            raise InvalidInputError(
+                Reason.TRUNCATED, "the file ends inside an encapsulated pixel data fragment"
+            )
+
+
+def file_meta_prefix(sop_class_uid: str, sop_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, 'DICM' and File Meta Information that make a raw dataset a Part 10 file."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    pydicom.filewriter.write_file_meta_info(buffer, meta, enforce_standard=True)
+    return b"\x00" * 128 + b"DICM" + buffer.getvalue()
