@@ -32,6 +32,7 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR"}
 _LONG_LENGTH_VRS |= {b"UT", b"UV"}
 _ITEM = (0xFFFE, 0xE000)
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 
 _REQUIRED_UIDS = (
@@ -123,25 +124,48 @@ def _transfer_syntax(ds: Dataset, is_part10: bool) -> str:
 def _check_complete(ds: Dataset, stream: BinaryIO, size: int) -> None:
     """Raise ``truncated`` if an element or the pixel data runs past the end of the file."""
     for element in ds._dict.values():
-        tell = getattr(element, "value_tell", None)
-        length = getattr(element, "length", None)
-        if tell is None or length is None or length == _UNDEFINED_LENGTH:
-            continue
-        if tell + length > size:
+        end = _end_of(element)
+        if end is not None and end > size:
             raise InvalidInputError(
                 Reason.TRUNCATED,
-                f"the file ends inside element {element.tag} ({size} bytes, "
-                f"{tell + length} needed)",
+                f"the file ends inside element {element.tag} ({size} bytes, {end} needed)",
             )
     position = stream.tell()
+    last = next(reversed(ds._dict.values()), None)
+    last_end = _end_of(last)
+    implicit, little = ds.original_encoding
+    endian = "<" if little else ">"
     if position < size:
-        implicit, little = ds.original_encoding
-        _check_pixel_data(stream, position, size, implicit=implicit, little=little)
+        end = _check_pixel_data(stream, position, size, implicit=implicit, little=little)
+        if end is not None:
+            _check_elements(stream, end, size, implicit=implicit, endian=endian)
+    elif "Rows" in ds and not any(tag in ds for tag in _PIXEL_TAGS):
+        raise InvalidInputError(
+            Reason.TRUNCATED, "the header describes an image but the file ends before its pixels"
+        )
+    elif last_end is not None and last_end < size:
+        # pydicom stops quietly on an incomplete element header at the end of the file.
+        raise InvalidInputError(
+            Reason.TRUNCATED, f"the file ends inside an element header ({size} bytes)"
+        )
+    elif last is not None and last_end is None and not _ends_with_delimiter(stream, size, endian):
+        # The last element is a sequence of undefined length: pydicom returns what it could
+        # read of a cut sequence, so its delimiter must end the file.
+        raise InvalidInputError(Reason.TRUNCATED, "the file ends inside a sequence")
+
+
+def _end_of(element: object) -> int | None:
+    tell = getattr(element, "value_tell", None)
+    length = getattr(element, "length", None)
+    if tell is None or length is None or length == _UNDEFINED_LENGTH:
+        return None
+    return int(tell + length)
 
 
 def _check_pixel_data(
     stream: BinaryIO, position: int, size: int, *, implicit: bool, little: bool
-) -> None:
+) -> int | None:
+    """Check the pixel data at ``position``; return where it ends (None when not known)."""
     endian = "<" if little else ">"
     stream.seek(position)
     header = stream.read(12)
@@ -149,7 +173,7 @@ def _check_pixel_data(
         raise InvalidInputError(Reason.TRUNCATED, "the file ends inside the pixel data header")
     group, elem = struct.unpack(endian + "HH", header[:4])
     if group != 0x7FE0:
-        return  # stopped for another reason; the element checks above apply
+        return None  # stopped for another reason; the element checks above apply
     vr = header[4:6]
     if implicit or not (vr.isalpha() and vr.isupper()):
         # Some writers switch to implicit VR for the pixel data; pydicom tolerates it too.
@@ -169,11 +193,11 @@ def _check_pixel_data(
                 Reason.TRUNCATED,
                 f"pixel data needs {length} bytes but the file holds {size - start}",
             )
-        return
-    _check_encapsulated(stream, start, size, endian)
+        return start + length
+    return _check_encapsulated(stream, start, size, endian)
 
 
-def _check_encapsulated(stream: BinaryIO, position: int, size: int, endian: str) -> None:
+def _check_encapsulated(stream: BinaryIO, position: int, size: int, endian: str) -> int:
     """Walk the fragments of encapsulated pixel data up to the sequence delimiter."""
     while True:
         stream.seek(position)
@@ -184,7 +208,7 @@ def _check_encapsulated(stream: BinaryIO, position: int, size: int, endian: str)
             )
         group, elem, length = struct.unpack(endian + "HHL", header)
         if (group, elem) == _SEQUENCE_DELIMITER:
-            return
+            return position + 8
         if (group, elem) != _ITEM or length == _UNDEFINED_LENGTH:
             raise InvalidInputError(
                 Reason.NOT_DICOM, "encapsulated pixel data is malformed (expected an item)"
@@ -194,6 +218,46 @@ def _check_encapsulated(stream: BinaryIO, position: int, size: int, endian: str)
             raise InvalidInputError(
                 Reason.TRUNCATED, "the file ends inside an encapsulated pixel data fragment"
             )
+
+
+def _check_elements(
+    stream: BinaryIO, position: int, size: int, *, implicit: bool, endian: str
+) -> None:
+    """Walk the top-level elements after the pixel data: each must fit in the file."""
+    while position < size:
+        stream.seek(position)
+        header = stream.read(12)
+        if len(header) < 8:
+            raise InvalidInputError(Reason.TRUNCATED, "the file ends inside an element header")
+        vr = header[4:6]
+        if implicit or not (vr.isalpha() and vr.isupper()):
+            (length,) = struct.unpack(endian + "L", header[4:8])
+            start = position + 8
+        elif vr in _LONG_LENGTH_VRS:
+            if len(header) < 12:
+                raise InvalidInputError(Reason.TRUNCATED, "the file ends inside an element header")
+            (length,) = struct.unpack(endian + "L", header[8:12])
+            start = position + 12
+        else:
+            (length,) = struct.unpack(endian + "H", header[6:8])
+            start = position + 8
+        if length == _UNDEFINED_LENGTH:
+            if not _ends_with_delimiter(stream, size, endian):
+                raise InvalidInputError(Reason.TRUNCATED, "the file ends inside a sequence")
+            return
+        if start + length > size:
+            raise InvalidInputError(
+                Reason.TRUNCATED, "the file ends inside an element after the pixel data"
+            )
+        position = start + length
+
+
+def _ends_with_delimiter(stream: BinaryIO, size: int, endian: str) -> bool:
+    if size < 8:
+        return False
+    stream.seek(size - 8)
+    tail = stream.read(8)
+    return len(tail) == 8 and struct.unpack(endian + "HHL", tail) == (*_SEQUENCE_DELIMITER, 0)
 
 
 def file_meta_prefix(sop_class_uid: str, sop_uid: str, transfer_syntax: str) -> bytes:

@@ -23,11 +23,14 @@ import threading
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from typing import Any
 
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
 )
+
+
+_FAULTS = ("503", "429", "drop", "drop_after_forward")  # order of the cumulative bands
 
 
 def _is_hop_by_hop(name: str) -> bool:
@@ -53,10 +56,9 @@ class FaultPlan:
     methods: frozenset[str] = frozenset({"POST"})
 
     def __post_init__(self) -> None:
-        for name in ("p_503", "p_429", "p_drop", "p_drop_after_forward"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be within [0, 1], got {value}")
+        for key in _FAULTS:
+            if not 0.0 <= (value := getattr(self, "p_" + key)) <= 1.0:
+                raise ValueError(f"p_{key} must be within [0, 1], got {value}")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -66,28 +68,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.track(self.connection, add=False)
-
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             chunks: list[bytes] = []
-            while True:
-                size_line = self.rfile.readline(65537)
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass  # discard trailers
-                    return b"".join(chunks)
+            while size := int(self.rfile.readline(65537).split(b";", 1)[0].strip(), 16):
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline(65537)  # CRLF after the chunk data
+            while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                pass  # discard trailers
+            return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
@@ -134,10 +123,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_simple(400, "fault proxy: malformed request body\n")
             return
         outcome = proxy.decide(self.command)
+        if outcome in ("503", "429", "drop"):
+            proxy.count(outcome)  # counted before the client can observe the outcome
         if outcome == "503":
             self._send_simple(503, "fault proxy: injected 503\n")
         elif outcome == "429":
-            self._send_simple(429, "fault proxy: injected 429\n", {"Retry-After": proxy.plan.retry_after})
+            self._send_simple(
+                429, "fault proxy: injected 429\n", {"Retry-After": proxy.plan.retry_after}
+            )
         elif outcome == "drop":
             self._drop()
         else:
@@ -147,6 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
                 proxy.count("upstream_error")
                 self._send_simple(502, f"fault proxy: upstream error: {exc!r}\n")
                 return
+            proxy.count(outcome)
             if outcome == "drop_after_forward":
                 self._drop()
                 return
@@ -161,13 +155,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if not no_body:
                 self.wfile.write(resp_body)
-        proxy.count(outcome)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle
 
 
 class _ProxyServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64
 
     def __init__(self, proxy: FaultProxy) -> None:
         self.proxy = proxy
@@ -175,13 +169,20 @@ class _ProxyServer(ThreadingHTTPServer):
         self._open_lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
 
-    def track(self, sock: socket.socket, *, add: bool) -> None:
+    def process_request(self, request: Any, client_address: Any) -> None:
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._open_lock:
-            (self._open.add if add else self._open.discard)(sock)
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
 
     def close_all(self) -> None:
         with self._open_lock:
-            for sock in list(self._open):
+            for sock in self._open:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -219,15 +220,9 @@ class FaultProxy:
             return "forwarded"
         with self._lock:
             draw = self._rng.random()
-        plan = self.plan
         edge = 0.0
-        for key, p in (
-            ("503", plan.p_503),
-            ("429", plan.p_429),
-            ("drop", plan.p_drop),
-            ("drop_after_forward", plan.p_drop_after_forward),
-        ):
-            edge += p
+        for key in _FAULTS:
+            edge += getattr(self.plan, "p_" + key)
             if draw < edge:
                 return key
         return "forwarded"
@@ -243,7 +238,7 @@ class FaultProxy:
         host, port = self._server.server_address[:2]
         self.base_url = f"http://{host}:{port}"
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fault-proxy", daemon=True
+            target=self._server.serve_forever, args=(0.1,), name="fault-proxy", daemon=True
         )
         self._thread.start()
         return self
@@ -262,10 +257,5 @@ class FaultProxy:
     def __enter__(self) -> FaultProxy:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
@@ -24,29 +24,16 @@ from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape, quoteattr
 
 from pydicom import dcmread
+from pydicom.datadict import keyword_for_tag
 
 STORAGE_CLASSES = frozenset({"STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE"})
 FAILURE_PROCESSING = 0x0110  # 272: Google reports "already exists" as a processing failure
-FAILURE_STUDY_MISMATCH = 0xA900  # 43264: "data set does not match SOP class" / study mismatch
+FAILURE_STUDY_MISMATCH = 0xA900  # 43264: the instance's study differs from the URL's
 _DETAIL_TAG_XML = "00090097"  # Google puts its failure text here in XML answers...
 _DETAIL_TAG_JSON = "00091097"  # ...and here in JSON answers (documented difference).
-_KEYWORDS = {
-    "00081150": "ReferencedSOPClassUID",
-    "00081155": "ReferencedSOPInstanceUID",
-    "00081190": "RetrieveURL",
-    "00081197": "FailureReason",
-    "00081198": "FailedSOPSequence",
-    "00081199": "ReferencedSOPSequence",
-}
-# gRPC canonical codes Google puts in error bodies; 406/415 have no own code, INVALID_ARGUMENT is closest.
-_GRPC_STATUS = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    406: "INVALID_ARGUMENT",
-    415: "INVALID_ARGUMENT",
-}
+_QIDO_TAGS = ("0020000D", "0020000E", "00080018", "00080016")  # in _Uids field order
+# Google's error bodies carry gRPC canonical codes; 415 has none, INVALID_ARGUMENT is closest.
+_GRPC_STATUS = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND"}
 Key = tuple[str, str, str]
 
 
@@ -81,6 +68,10 @@ class _Uids:
     sop: str
     sop_class: str
 
+    @property
+    def key(self) -> Key:
+        return (self.study, self.series, self.sop)
+
 
 class _BadRequest(Exception):
     def __init__(self, code: int, message: str) -> None:
@@ -89,12 +80,13 @@ class _BadRequest(Exception):
 
 
 def _read_uids(data: bytes) -> _Uids | None:
-    """UIDs of a Part 10 instance, or None when it cannot be parsed or lacks one (unattributable)."""
+    """UIDs of a Part 10 instance; None when unparseable or incomplete (unattributable)."""
     try:
         ds = dcmread(BytesIO(data), stop_before_pixels=True)
     except Exception:  # pydicom raises many types on garbage; all mean "not a usable instance"
         return None
-    meta_class = ds.file_meta.get("MediaStorageSOPClassUID", "") if "file_meta" in ds else ""
+    meta = getattr(ds, "file_meta", None)
+    meta_class = meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""
     values = [str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID")]
     values += [str(ds.get("SOPInstanceUID", "") or ""), str(ds.get("SOPClassUID", meta_class))]
     return _Uids(*values) if all(values) else None
@@ -110,10 +102,8 @@ def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
         _, crlf, rest = piece.partition(b"\r\n")  # drop transport padding after the delimiter
         if not crlf:
             raise _BadRequest(400, "malformed multipart delimiter line")
-        if rest.startswith(b"\r\n"):
-            parts.append(rest[2:])  # a part without headers
-            continue
-        headers, sep, payload = rest.partition(b"\r\n\r\n")
+        # The leading CRLF lets a part without headers end its (empty) header block too.
+        _headers, sep, payload = (b"\r\n" + rest).partition(b"\r\n\r\n")
         if not sep:
             raise _BadRequest(400, "multipart part without header terminator")
         parts.append(payload)
@@ -124,20 +114,20 @@ def _render_xml(attrs: list[_Attr]) -> str:
     def render(items: list[_Attr]) -> str:
         out = []
         for a in items:
-            kw = _KEYWORDS.get(a.tag)
+            kw = keyword_for_tag(int(a.tag, 16))  # "" for Google's private detail tag
             head = f'<DicomAttribute tag="{a.tag}" vr="{a.vr}"'
             head += f' keyword="{kw}">' if kw else ">"
             if isinstance(a.value, list):
-                inner = "".join(
-                    f'<Item number="{n}">{render(it)}</Item>' for n, it in enumerate(a.value, 1)
-                )
+                items = enumerate(a.value, 1)
+                inner = "".join(f'<Item number="{n}">{render(it)}</Item>' for n, it in items)
             else:
                 inner = f'<Value number="1">{escape(str(a.value))}</Value>'
             out.append(f"{head}{inner}</DicomAttribute>")
         return "".join(out)
 
     ns = quoteattr("http://dicom.nema.org/PS3.19/models/NativeDICOM")
-    return f'<?xml version="1.0" encoding="UTF-8"?>\n<NativeDicomModel xmlns={ns}>{render(attrs)}</NativeDicomModel>\n'
+    head = f'<?xml version="1.0" encoding="UTF-8"?>\n<NativeDicomModel xmlns={ns}>'
+    return f"{head}{render(attrs)}</NativeDicomModel>\n"
 
 
 def _render_json(attrs: list[_Attr]) -> dict[str, Any]:
@@ -160,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so clients' connection pools are exercised
     timeout = 60  # idle keep-alive connections must not pin threads forever
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # the default access log is noise in test output
 
     def _read_body(self) -> bytes:
@@ -176,12 +166,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline(1024)  # CRLF ending the chunk
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def send(self, code: int, content_type: str, body: bytes, extra: dict[str, str] | None = None) -> None:
+    def send(self, code: int, content_type: str, body: bytes) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))  # always: keep-alive depends on it
         self.end_headers()
         self.wfile.write(body)
 
@@ -189,10 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send(code, content_type, json.dumps(payload).encode())
 
     def send_error_json(self, code: int, message: str) -> None:
-        status = _GRPC_STATUS.get(code, "UNKNOWN")
-        body = {"error": {"code": code, "message": message, "status": status}}
-        extra = {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'} if code == 401 else None
-        self.send(code, "application/json", json.dumps(body).encode(), extra)
+        status = _GRPC_STATUS.get(code, "INVALID_ARGUMENT")
+        self.send_json(code, {"error": {"code": code, "message": message, "status": status}})
 
     def handle_any(self) -> None:
         standin = cast(_Server, self.server).standin
@@ -203,7 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error_json(400, "unreadable request body")
             return
         url = urlsplit(self.path)
-        standin._record(RecordedRequest(self.command, url.path, url.query, dict(self.headers.items()), len(body)))
+        headers = dict(self.headers.items())  # keeps the client's header-name case
+        standin._record(RecordedRequest(self.command, url.path, url.query, headers, len(body)))
         try:
             self._route(standin, url.path, url.query, body)
         except _BadRequest as exc:
@@ -223,9 +210,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/v1/") and standin.expected_token is not None:
             if self.headers.get("Authorization") != f"Bearer {standin.expected_token}":
                 raise _BadRequest(401, "Request had invalid authentication credentials.")
-        rest = path[len(standin.dicomweb_path) :] if path.startswith(standin.dicomweb_path) else None
-        if rest is None:
+        if not path.startswith(standin.dicomweb_path):
             raise _BadRequest(404, f"unknown path {path}")
+        rest = path[len(standin.dicomweb_path) :]
         if self.command == "POST" and (m := re.fullmatch(r"/studies(?:/([^/]+))?/?", rest)):
             self._stow(standin, m.group(1), body)
         elif self.command == "GET" and (m := re.fullmatch(r"/studies/([^/]+)/instances/?", rest)):
@@ -241,11 +228,12 @@ class _Handler(BaseHTTPRequestHandler):
         storage_class = self.headers.get("Storage-Class", "STANDARD")
         if storage_class not in STORAGE_CLASSES:
             raise _BadRequest(400, f"invalid Storage-Class {storage_class!r}")
-        ctype = Message()
+        ctype = Message()  # its parser handles quoted and unquoted parameters
         ctype["Content-Type"] = self.headers.get("Content-Type", "")
-        if ctype.get_content_type() == "application/dicom":
+        kind = (ctype.get_content_type(), ctype.get_param("type"))
+        if kind[0] == "application/dicom":
             parts = [body]  # Google's single-part convenience form
-        elif ctype.get_content_type() == "multipart/related" and ctype.get_param("type") == "application/dicom":
+        elif kind == ("multipart/related", "application/dicom"):
             boundary = ctype.get_param("boundary")
             if not isinstance(boundary, str) or not boundary:
                 raise _BadRequest(400, "multipart/related without boundary")
@@ -268,13 +256,14 @@ class _Handler(BaseHTTPRequestHandler):
             ref = [_Attr("00081150", "UI", uids.sop_class), _Attr("00081155", "UI", uids.sop)]
             if url_study is not None and uids.study != url_study:
                 reason, detail = FAILURE_STUDY_MISMATCH, "study instance UID mismatch"
-            elif not standin._add((uids.study, uids.series, uids.sop), StoredBlob(data, storage_class)):
+            elif not standin._add(uids.key, StoredBlob(data, storage_class)):
                 reason, detail = FAILURE_PROCESSING, "Instance already exists"
             else:
-                url = f"{standin.dicomweb_url}/studies/{uids.study}/series/{uids.series}/instances/{uids.sop}"
-                stored.append([*ref, _Attr("00081190", "UR", url)])
+                url = f"{standin.dicomweb_url}/studies/{uids.study}/series/{uids.series}"
+                stored.append([*ref, _Attr("00081190", "UR", f"{url}/instances/{uids.sop}")])
                 continue
-            failed.append([*ref, _Attr("00081197", "US", reason), _Attr(_DETAIL_TAG_XML, "LO", detail)])
+            why = [_Attr("00081197", "US", reason), _Attr(_DETAIL_TAG_XML, "LO", detail)]
+            failed.append([*ref, *why])
 
         attrs: list[_Attr] = []
         if first_study:
@@ -298,36 +287,22 @@ class _Handler(BaseHTTPRequestHandler):
         if limit < 1 or not 0 <= offset <= 1_000_000:
             raise _BadRequest(400, "limit must be positive and offset within 0..1000000")
         with standin._lock:
-            blobs = sorted((k, v) for k, v in standin.instances.items() if k[0] == study)
-        blobs.sort(key=lambda kv: kv[0][2])
-        page = []
-        for _key, blob in blobs[offset : offset + limit]:
-            uids = _read_uids(blob.data)
-            if uids is None:
-                continue  # a test put garbage in directly; it has no searchable attributes
-            page.append(
-                {
-                    "00080016": {"vr": "UI", "Value": [uids.sop_class]},
-                    "00080018": {"vr": "UI", "Value": [uids.sop]},
-                    "0020000D": {"vr": "UI", "Value": [uids.study]},
-                    "0020000E": {"vr": "UI", "Value": [uids.series]},
-                }
-            )
+            keys = sorted((k for k in standin.instances if k[0] == study), key=lambda k: k[2])
+            blobs = [standin.instances[k] for k in keys[offset : offset + limit]]
+        # Garbage a test put in directly has no searchable attributes, so it is left out.
+        found = [u for blob in blobs if (u := _read_uids(blob.data)) is not None]
+        page = [
+            {t: {"vr": "UI", "Value": [v]} for t, v in zip(_QIDO_TAGS, astuple(u), strict=True)}
+            for u in found
+        ]
         self.send_json(200, page, "application/dicom+json")
 
     def _wado(self, standin: GoogleStandin, key: Key) -> None:
         with standin._lock:
             blob = standin.instances.get(key)
-        if blob is None:
-            raise _BadRequest(403, "resource not found or permission denied")  # Google's 403, not 404
-        if self.headers.get("Accept", "").lower().startswith("multipart/related"):
-            # The standin never transcodes: it always returns the stored bytes.
-            boundary = "standin-boundary-7f3a"
-            head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-            body = head + blob.data + f"\r\n--{boundary}--\r\n".encode()
-            self.send(200, f'multipart/related; type="application/dicom"; boundary={boundary}', body)
-        else:
-            self.send(200, "application/dicom", blob.data)
+        if blob is None:  # Google answers 403, not 404, for a missing resource
+            raise _BadRequest(403, "resource not found or permission denied")
+        self.send(200, "application/dicom", blob.data)  # stored bytes, never transcoded
 
 
 class GoogleStandin:
@@ -371,8 +346,9 @@ class GoogleStandin:
         if self._server is None:
             self._server = _Server(("127.0.0.1", 0), _Handler)
             self._server.standin = self
+            # A short poll interval keeps stop() (and so every test teardown) fast.
             self._thread = threading.Thread(
-                target=self._server.serve_forever, name="google-standin", daemon=True
+                target=self._server.serve_forever, args=(0.05,), name="google-standin", daemon=True
             )
             self._thread.start()
         return self
@@ -396,7 +372,7 @@ class GoogleStandin:
         uids = _read_uids(data)
         if uids is None:
             raise ValueError("preload needs a Part 10 instance with study, series and SOP UIDs")
-        self._add((uids.study, uids.series, uids.sop), StoredBlob(data, "STANDARD"))
+        self._add(uids.key, StoredBlob(data, "STANDARD"))
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:

@@ -1,0 +1,286 @@
+"""A zero-cost STOW-RS sink for benchmarks.
+
+The benchmark points a DICOMweb client at this server to measure the client's own overhead:
+every STOW-RS request is answered at once, as cheaply as possible, yet correctly enough that
+the client can classify each instance as stored. SOP Class/Instance UIDs are taken from the
+Part 10 File Meta Information, parsed by hand (no pydicom); nothing is kept. QIDO-RS
+``GET /dicom-web/studies/{study}/instances`` always answers ``[]``.
+
+Run as a process: ``python benchmarks/stow_sink.py --port 0`` prints
+``LISTENING http://127.0.0.1:PORT`` and serves forever. Or import ``StowSink``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import socket
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV"})
+_STOW_PATH = re.compile(r"^/dicom-web/studies(?:/[^/]+)?/?$")
+_QIDO_PATH = re.compile(r"^/dicom-web/studies/[^/]+/instances/?$")
+_PROCESSING_FAILURE = 0x0110
+_CLS, _SOP = "00081150", "00081155"
+
+
+def _ui(uid: str | None) -> dict[str, object]:
+    return {"vr": "UI", "Value": [uid]}
+
+
+def _scan_meta(buf: bytes, start: int, end: int) -> tuple[str | None, str | None, bool]:
+    """Scan the File Meta group of the Part 10 object in ``buf[start:end]`` without copying it.
+
+    Returns ``(sop_class_uid, sop_instance_uid, ok)``; ``ok`` is true only when the whole meta
+    group parsed and both UIDs are non-empty. UIDs found before a parse error are still given.
+    """
+    cls: str | None = None
+    sop: str | None = None
+    if end - start < 132 or buf[start + 128 : start + 132] != b"DICM":
+        return None, None, False
+    pos = start + 132
+    meta_end: int | None = None  # from (0002,0000) group length, when present
+    while pos + 8 <= end:
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        if group != 2:
+            break
+        vr = buf[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > end:
+                return cls, sop, False
+            (length,) = struct.unpack_from("<I", buf, pos + 8)
+            value_start = pos + 12
+        elif vr.isalpha() and vr.isupper():
+            (length,) = struct.unpack_from("<H", buf, pos + 6)
+            value_start = pos + 8
+        else:
+            return cls, sop, False  # not explicit VR little endian
+        pos = value_start + length
+        if pos > end:
+            return cls, sop, False
+        if elem == 0 and length == 4:
+            meta_end = pos + struct.unpack_from("<I", buf, value_start)[0]
+        elif elem == 2 or elem == 3:
+            try:
+                value = buf[value_start:pos].rstrip(b"\x00 ").decode("ascii")
+            except UnicodeDecodeError:
+                return cls, sop, False
+            cls, sop = (value, sop) if elem == 2 else (cls, value)
+    else:  # the buffer ended: only fine at an element boundary at the end of the group
+        if pos != end or (meta_end is not None and pos < meta_end):
+            return cls, sop, False
+    return cls, sop, bool(cls and sop)
+
+
+def sop_uids_from_part10(data: bytes) -> tuple[str, str] | None:
+    """Return ``(MediaStorageSOPClassUID, MediaStorageSOPInstanceUID)`` or None if unparsable."""
+    cls, sop, ok = _scan_meta(data, 0, len(data))
+    return (cls, sop) if ok and cls and sop else None
+
+
+def _part_spans(body: bytes, boundary: bytes) -> list[tuple[int, int]]:
+    """Offsets ``(start, end)`` of each part's content in a multipart body."""
+    delim = b"--" + boundary
+    next_delim = b"\r\n" + delim
+    spans: list[tuple[int, int]] = []
+    pos = body.find(delim)
+    if pos < 0:
+        return spans
+    pos += len(delim)
+    while not body.startswith(b"--", pos):
+        line_end = body.find(b"\r\n", pos)
+        if line_end < 0:
+            break
+        headers_end = body.find(b"\r\n\r\n", line_end)
+        if headers_end < 0:
+            break
+        content_start = headers_end + 4
+        content_end = body.find(next_delim, content_start)
+        if content_end < 0:  # no closing delimiter: take the rest
+            spans.append((content_start, len(body)))
+            break
+        spans.append((content_start, content_end))
+        pos = content_end + len(next_delim)
+    return spans
+
+
+def _boundary(content_type: str) -> bytes | None:
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "boundary":
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value.encode("latin-1") if value else None
+    return None
+
+
+class _SinkHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _SinkServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _reply(self, status: int, reason: str, body: bytes, ctype: str) -> None:
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        )
+        if self.close_connection:
+            head += "Connection: close\r\n"
+        self.wfile.write(head.encode("latin-1") + b"\r\n" + body)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while size := int(self.rfile.readline(65537).split(b";", 1)[0].strip(), 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def do_GET(self) -> None:
+        self.server.sink.count(requests=1, qido_requests=1)
+        if _QIDO_PATH.match(self.path.split("?", 1)[0]):
+            self._reply(200, "OK", b"[]", "application/dicom+json")
+        else:
+            self._reply(404, "Not Found", b"not found\n", "text/plain")
+
+    def do_POST(self) -> None:
+        sink = self.server.sink
+        sink.count(requests=1)
+        try:
+            body = self._read_body()
+        except ValueError:
+            self.close_connection = True
+            return self._reply(400, "Bad Request", b"malformed body\n", "text/plain")
+        if not _STOW_PATH.match(self.path.split("?", 1)[0]):
+            return self._reply(404, "Not Found", b"not found\n", "text/plain")
+        ctype = self.headers.get("Content-Type", "")
+        media = ctype.split(";", 1)[0].strip().lower()
+        if media == "application/dicom":
+            spans = [(0, len(body))]
+        elif media == "multipart/related" and (boundary := _boundary(ctype)):
+            spans = _part_spans(body, boundary)
+        else:
+            return self._reply(415, "Unsupported Media Type", b"bad content type\n", "text/plain")
+        if not spans:
+            return self._reply(400, "Bad Request", b"no parts\n", "text/plain")
+        prefix = sink.base_url + "/dicom-web/studies/x/series/x/instances/"
+        stored: list[dict[str, object]] = []
+        failed: list[dict[str, object]] = []
+        for start, end in spans:
+            cls, sop, ok = _scan_meta(body, start, end)
+            if ok:
+                url = {"vr": "UR", "Value": [f"{prefix}{sop}"]}
+                stored.append({_CLS: _ui(cls), _SOP: _ui(sop), "00081190": url})
+            elif sop:
+                reason = {"vr": "US", "Value": [_PROCESSING_FAILURE]}
+                failed.append({_CLS: _ui(cls or ""), _SOP: _ui(sop), "00081197": reason})
+        result: dict[str, object] = {}
+        if stored:
+            result["00081199"] = {"vr": "SQ", "Value": stored}
+        if failed:
+            result["00081198"] = {"vr": "SQ", "Value": failed}
+        sink.count(stow_requests=1, instances=len(stored), failed=len(spans) - len(stored))
+        status, reason = (200, "OK") if len(stored) == len(spans) else (409, "Conflict")
+        self._reply(status, reason, json.dumps(result).encode(), "application/dicom+json")
+
+
+class _SinkServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, sink: StowSink, host: str, port: int) -> None:
+        self.sink = sink
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__((host, port), _SinkHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_all(self) -> None:
+        with self._open_lock:
+            for sock in self._open:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._open.clear()
+
+
+class StowSink:
+    """STOW-RS sink on ``host:port`` (port 0 picks a free one).
+
+    ``counters`` keys: ``requests``, ``stow_requests``, ``qido_requests``, ``instances``
+    (parts answered as stored) and ``failed`` (parts that did not parse).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        self._server = _SinkServer(self, host, port)
+        bound_host, bound_port = self._server.server_address[:2]
+        self.base_url = f"http://{bound_host}:{bound_port}"
+        self._thread: threading.Thread | None = None
+
+    def count(self, **deltas: int) -> None:
+        with self._lock:
+            self.counters.update(deltas)
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever(poll_interval=0.1)
+
+    def start(self) -> StowSink:
+        self._thread = threading.Thread(target=self.serve_forever, name="stow-sink", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:  # shutdown() would block if serve_forever never ran
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.close_all()
+        self._server.server_close()
+
+    def __enter__(self) -> StowSink:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    sink = StowSink(args.host, args.port)
+    print(f"LISTENING {sink.base_url}", flush=True)
+    try:
+        sink.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Store DICOM files from globs into a DICOMweb store.
+
+    python -m pipelines.store --input '/data/**/*.dcm' \\
+        --dicomweb_url http://127.0.0.1:8042/dicom-web --output /tmp/run1
+
+Writes ``OUTPUT/stored-*.jsonl`` (one line per instance in the store: stored now or already
+present) and ``OUTPUT/dead_letter-*.jsonl`` (one line per input that was not stored, with its
+reason), prints a summary, and exits 0 when every input is in the store, 3 when some were
+dead-lettered, 2 on bad options or a failed preflight.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineResult
+
+from pipelines import preflight
+from pipelines.options import StoreSettings, store_settings
+from pipelines.summary import StoreSummary
+from transforms.read_dicom import ReadDicomFiles
+from transforms.results import StoreResult
+from transforms.stow import WriteToDicomStore
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_DEAD_LETTERS = 3
+
+
+def build(pipeline: beam.Pipeline, settings: StoreSettings) -> StoreResult:
+    read = pipeline | "ReadDicomFiles" >> ReadDicomFiles(settings.inputs)
+    store = read.files | "WriteToDicomStore" >> WriteToDicomStore(
+        settings.config,
+        auth=settings.auth,
+        batch_size=settings.batch_size,
+        max_batch_bytes=settings.max_batch_bytes,
+        max_concurrency=settings.max_concurrency,
+    )
+    failed = (read.failed, store.failed) | "AllDeadLetters" >> beam.Flatten()
+    _ = (
+        store.stored
+        | "StoredToJson" >> beam.Map(lambda r: r.to_json())
+        | "WriteStored" >> _write_lines(settings.output, "stored")
+    )
+    _ = (
+        failed
+        | "DeadLettersToJson" >> beam.Map(lambda r: r.to_json())
+        | "WriteDeadLetters" >> _write_lines(settings.output, "dead_letter")
+    )
+    return StoreResult(stored=store.stored, failed=failed)
+
+
+def _write_lines(prefix: str, name: str) -> beam.PTransform:
+    return beam.io.WriteToText(
+        f"{prefix}/{name}", file_name_suffix=".jsonl", shard_name_template="-SSSSS-of-NNNNN"
+    )
+
+
+@dataclass(frozen=True)
+class StoreRun:
+    result: PipelineResult
+    summary: StoreSummary
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.summary.failed == 0 else EXIT_DEAD_LETTERS
+
+
+def run(argv: Sequence[str] | None = None) -> StoreRun:
+    """Validate, preflight, run to completion and summarise. Raises ValueError/PreflightError."""
+    options = PipelineOptions(list(argv) if argv is not None else None)
+    settings = store_settings(options)
+    if settings.preflight:
+        preflight.check_inputs(settings.inputs)
+        preflight.check_store(settings.config.endpoint, settings.auth)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, settings)
+    start = time.monotonic()
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = StoreSummary.from_result(result, time.monotonic() - start)
+    return StoreRun(result, summary)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    try:
+        store_run = run(argv)
+    except (ValueError, preflight.PreflightError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    options = PipelineOptions(list(argv) if argv is not None else None)
+    output = store_settings(options).output
+    print(
+        store_run.summary.render(f"{output}/stored-*.jsonl, {output}/dead_letter-*.jsonl"),
+        flush=True,
+    )
+    return store_run.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

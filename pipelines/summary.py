@@ -1,0 +1,74 @@
+"""The end-of-run summary, read from the job's metrics (works on every runner)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.runners.runner import PipelineResult
+
+from transforms import metrics
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    elapsed_seconds: float
+    stored: int = 0
+    already_present: int = 0
+    bytes_stored: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled_seconds: float = 0.0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failed_by_reason.values())
+
+    @classmethod
+    def from_result(cls, result: PipelineResult, elapsed_seconds: float) -> StoreSummary:
+        counters = counter_values(result)
+        return cls(
+            elapsed_seconds=elapsed_seconds,
+            stored=counters.get(metrics.INSTANCES_STORED, 0),
+            already_present=counters.get(metrics.INSTANCES_ALREADY_PRESENT, 0),
+            bytes_stored=counters.get(metrics.BYTES_STORED, 0),
+            requests=counters.get(metrics.STOW_REQUESTS, 0),
+            retries=counters.get(metrics.HTTP_RETRIES, 0),
+            throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
+            failed_by_reason={
+                name[len(metrics.FAILED_PREFIX) :]: value
+                for name, value in sorted(counters.items())
+                if name.startswith(metrics.FAILED_PREFIX) and value
+            },
+        )
+
+    def render(self, outputs: str = "") -> str:
+        seconds = max(self.elapsed_seconds, 1e-9)
+        done = self.stored + self.already_present
+        lines = [
+            f"store finished in {self.elapsed_seconds:.1f} s",
+            f"  stored           {self.stored:>10,}  ({self.bytes_stored / 1e6:,.1f} MB)",
+            f"  already present  {self.already_present:>10,}",
+            f"  failed           {self.failed:>10,}",
+        ]
+        lines += [f"    {reason:<22}{n:>8,}" for reason, n in self.failed_by_reason.items()]
+        lines += [
+            f"  throughput       {done / seconds:>10,.1f} instances/s, "
+            f"{self.bytes_stored / 1e6 / seconds:,.1f} MB/s",
+            f"  requests         {self.requests:>10,}  ({self.retries:,} retried, "
+            f"{self.throttled_seconds:,.1f} s backing off)",
+        ]
+        if outputs:
+            lines.append(f"  outputs          {outputs}")
+        return "\n".join(lines)
+
+
+def counter_values(result: PipelineResult) -> dict[str, int]:
+    """Counters of our namespace, summed over steps (committed values, else attempted)."""
+    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    totals: dict[str, int] = {}
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
+    return totals

@@ -1,0 +1,33 @@
+"""Metric names, in one place, under one namespace (what dashboards and the summary read).
+
+Beam counters only count when incremented on the thread running the bundle, so DoFns that work
+in a thread pool collect numbers in reports and increment here, on the bundle's thread.
+"""
+
+from __future__ import annotations
+
+from apache_beam.metrics import Metrics
+
+from transforms.dead_letter import DeadLetter
+
+NAMESPACE = "dicomweb"
+
+FILES_VALID = "files_valid"
+INSTANCES_STORED = "instances_stored"
+INSTANCES_ALREADY_PRESENT = "instances_already_present"
+BYTES_STORED = "bytes_stored"
+STOW_REQUESTS = "stow_requests"
+HTTP_RETRIES = "http_retries"
+THROTTLED_MS = "throttled_ms"
+DEAD_LETTERS = "dead_letters"
+FAILED_PREFIX = "failed_"
+
+
+def inc(name: str, value: int = 1) -> None:
+    if value:
+        Metrics.counter(NAMESPACE, name).inc(value)
+
+
+def count_dead_letter(letter: DeadLetter) -> None:
+    inc(DEAD_LETTERS)
+    inc(FAILED_PREFIX + letter.reason)

@@ -1,0 +1,89 @@
+"""Read DICOM files from glob patterns and validate their headers.
+
+    result = p | ReadDicomFiles(["/data/**/*.dcm", "gs://bucket/study/*"])
+    result.files   # DicomFile: validated, with UIDs, size and transfer syntax
+    result.failed  # DeadLetter: not DICOM, truncated, missing or invalid UIDs, unreadable
+
+Patterns may also arrive as elements: ``patterns | ReadAllDicomFiles()``. Only headers are read
+(``stop_before_pixels``), so validating a 1 GB instance reads a few kilobytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Sequence
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import FileMetadata
+
+from transforms import metrics
+from transforms.dead_letter import DeadLetter, Reason, Stage
+from transforms.dicom_peek import peek_dicom
+from transforms.errors import InvalidInputError
+from transforms.files import open_source
+from transforms.results import ReadResult
+
+FAILED_TAG = "failed"
+
+
+class _PeekFn(beam.DoFn):
+    def setup(self) -> None:
+        # pydicom warns about odd headers quoting element values; values may be patient data.
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"pydicom\..*")
+
+    def process(self, metadata: FileMetadata) -> Iterable[object]:
+        path, size = metadata.path, metadata.size_in_bytes
+        try:
+            with open_source(path) as stream:
+                dicom_file = peek_dicom(stream, path=path, size=size)
+        except InvalidInputError as exc:
+            yield _failed(path, exc.reason, exc.message)
+            return
+        except OSError as exc:
+            yield _failed(path, Reason.UNREADABLE, f"cannot read the file ({exc.strerror})")
+            return
+        metrics.inc(metrics.FILES_VALID)
+        yield dicom_file
+
+
+def _failed(path: str, reason: str, message: str) -> beam.pvalue.TaggedOutput:
+    letter = DeadLetter(stage=Stage.VALIDATE, source=path, reason=reason, message=message)
+    metrics.count_dead_letter(letter)
+    return beam.pvalue.TaggedOutput(FAILED_TAG, letter)
+
+
+class ReadAllDicomFiles(beam.PTransform):
+    """Patterns (PCollection of str) -> ``ReadResult(files, failed)``."""
+
+    def expand(self, patterns: beam.PCollection) -> ReadResult:
+        outputs = (
+            patterns
+            | "MatchPatterns"
+            >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+            # Matching yields all paths from one element: spread them before the real work.
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "PeekHeaders" >> beam.ParDo(_PeekFn()).with_outputs(FAILED_TAG, main="files")
+        )
+        return ReadResult(files=outputs.files, failed=outputs[FAILED_TAG])
+
+
+class ReadDicomFiles(beam.PTransform):
+    """Glob patterns given at construction -> ``ReadResult(files, failed)``.
+
+    Args:
+      patterns: local or gs:// glob patterns; ``**`` matches across directories.
+    """
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        super().__init__()
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if not patterns:
+            raise ValueError("at least one input pattern is needed")
+        self._patterns = list(patterns)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> ReadResult:
+        return pbegin | "Patterns" >> beam.Create(self._patterns) | ReadAllDicomFiles()

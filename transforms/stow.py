@@ -1,0 +1,241 @@
+"""Store validated DICOM files in a DICOMweb store with STOW-RS.
+
+    result = read.files | WriteToDicomStore(StowConfig(endpoint), auth=AuthConfig("google"))
+    result.stored  # StoredInstance: stored now, or already present
+    result.failed  # DeadLetter: duplicates in the input, refused, retries exhausted, ...
+
+Files are grouped by StudyInstanceUID and cut into batches bounded by count and bytes; each batch
+is one ``multipart/related`` POST to ``/studies/{study}`` (or one single-part POST per instance).
+A worker process keeps at most ``max_concurrency`` requests in flight, over pooled connections,
+streaming file bytes from disk or Cloud Storage.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import apache_beam as beam
+import requests
+from apache_beam.transforms.display import DisplayDataItem
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms import concurrency, metrics, progress
+from transforms.auth import AuthConfig, make_session
+from transforms.batching import plan_study
+from transforms.dead_letter import DeadLetter
+from transforms.endpoint import DicomwebEndpoint
+from transforms.files import open_source
+from transforms.records import STATUS_STORED, DicomFile, StoredInstance, StowBatch
+from transforms.results import StoreResult
+from transforms.stow_client import StoreReport, StowClient, StowConfig
+
+FAILED_TAG = "failed"
+DEFAULT_BATCH_SIZE = 50
+DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_CONCURRENCY = 8
+
+SessionFactory = Callable[[], requests.Session]
+
+
+def _study_key(f: DicomFile) -> tuple[str, DicomFile]:
+    return f.uids.study, f
+
+
+class _PlanBatchesFn(beam.DoFn):
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self._max_count = max_count
+        self._max_bytes = max_bytes
+
+    def process(self, element: tuple[str, Iterable[DicomFile]]) -> Iterator[object]:
+        study, files = element
+        for item in plan_study(study, files, max_count=self._max_count, max_bytes=self._max_bytes):
+            if isinstance(item, DeadLetter):
+                metrics.count_dead_letter(item)
+                yield beam.pvalue.TaggedOutput(FAILED_TAG, item)
+            else:
+                yield item
+
+
+@dataclass
+class _Shared:
+    session: requests.Session
+    client: StowClient
+    executor: concurrent.futures.ThreadPoolExecutor
+
+
+def _close(shared: _Shared) -> None:
+    shared.executor.shutdown(wait=True)
+    shared.session.close()
+
+
+class _StowFn(beam.DoFn):
+    """Sends batches from a per-process pool; emits outcomes on the bundle's thread."""
+
+    def __init__(
+        self,
+        config: StowConfig,
+        auth: AuthConfig,
+        max_concurrency: int,
+        pool_key: str,
+        session_factory: SessionFactory | None,
+    ) -> None:
+        self._config = config
+        self._auth = auth
+        self._max_concurrency = max_concurrency
+        self._pool_key = pool_key
+        self._session_factory = session_factory
+        self._shared: _Shared | None = None
+        self._pending: list[tuple[concurrent.futures.Future[StoreReport], object, object]] = []
+
+    def _create(self) -> _Shared:
+        if self._session_factory is not None:
+            session = self._session_factory()
+        else:
+            session = make_session(self._auth, pool_size=self._max_concurrency)
+        client = StowClient(session, self._config, opener=open_source)
+        executor = concurrent.futures.ThreadPoolExecutor(
+            self._max_concurrency, thread_name_prefix="stow"
+        )
+        return _Shared(session, client, executor)
+
+    def setup(self) -> None:
+        self._shared = concurrency.acquire(self._pool_key, self._create, _close)
+
+    def start_bundle(self) -> None:
+        self._pending = []
+
+    def process(
+        self,
+        batch: StowBatch,
+        window: object = beam.DoFn.WindowParam,
+        timestamp: object = beam.DoFn.TimestampParam,
+    ) -> Iterator[object]:
+        assert self._shared is not None
+        future = self._shared.executor.submit(self._shared.client.store, batch)
+        self._pending.append((future, window, timestamp))
+        # Enough queued work to keep the pool busy, without holding a whole bundle in memory.
+        yield from self._collect(keep=2 * self._max_concurrency)
+
+    def finish_bundle(self) -> Iterator[object]:
+        yield from self._collect(keep=0)
+
+    def teardown(self) -> None:
+        if self._shared is not None:
+            concurrency.release(self._pool_key)
+            self._shared = None
+
+    def _collect(self, keep: int) -> Iterator[object]:
+        while True:
+            done = [p for p in self._pending if p[0].done()]
+            if not done and len(self._pending) > keep:
+                concurrent.futures.wait(
+                    [p[0] for p in self._pending], return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                continue
+            if not done:
+                return
+            for entry in done:
+                self._pending.remove(entry)
+                future, window, timestamp = entry
+                yield from _emit(future.result(), window, timestamp)
+
+
+def _emit(report: StoreReport, window: object, timestamp: object) -> Iterator[object]:
+    stored = [o for o in report.outcomes if isinstance(o, StoredInstance)]
+    progress.for_label("store").add(
+        items=len(stored),
+        nbytes=sum(o.bytes for o in stored),
+        failed=len(report.outcomes) - len(stored),
+    )
+    metrics.inc(metrics.STOW_REQUESTS, report.requests)
+    metrics.inc(metrics.HTTP_RETRIES, report.retries)
+    metrics.inc(metrics.THROTTLED_MS, int(report.throttled_seconds * 1000))
+    for outcome in report.outcomes:
+        value = WindowedValue(outcome, timestamp, [window])
+        if isinstance(outcome, StoredInstance):
+            if outcome.status == STATUS_STORED:
+                metrics.inc(metrics.INSTANCES_STORED)
+                metrics.inc(metrics.BYTES_STORED, outcome.bytes)
+            else:
+                metrics.inc(metrics.INSTANCES_ALREADY_PRESENT)
+            yield value
+        else:
+            metrics.count_dead_letter(outcome)
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
+
+
+class WriteToDicomStore(beam.PTransform):
+    """``DicomFile`` PCollection -> ``StoreResult(stored, failed)``.
+
+    Args:
+      config: endpoint and STOW options (single part, storage class, on-exists policy, retries).
+      auth: credentials, built on each worker.
+      batch_size: instances per request at most (1 in single-part mode).
+      max_batch_bytes: bytes per request at most (a larger instance is sent alone).
+      max_concurrency: requests in flight per worker process at most.
+      session_factory: builds the HTTP session instead of ``auth`` (tests, custom transports).
+    """
+
+    def __init__(
+        self,
+        config: StowConfig,
+        *,
+        auth: AuthConfig | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        session_factory: SessionFactory | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or max_batch_bytes < 1 or max_concurrency < 1:
+            raise ValueError("batch_size, max_batch_bytes and max_concurrency must be positive")
+        self._config = config
+        self._auth = auth or AuthConfig()
+        self._batch_size = 1 if config.single_part else batch_size
+        self._max_batch_bytes = max_batch_bytes
+        self._max_concurrency = max_concurrency
+        self._session_factory = session_factory
+        self._pool_key = f"stow-{uuid.uuid4().hex}"
+
+    def expand(self, files: beam.PCollection) -> StoreResult:
+        planned = (
+            files
+            | "KeyByStudy" >> beam.Map(_study_key)
+            | "GroupByStudy" >> beam.GroupByKey()
+            | "PlanBatches"
+            >> beam.ParDo(_PlanBatchesFn(self._batch_size, self._max_batch_bytes)).with_outputs(
+                FAILED_TAG, main="batches"
+            )
+        )
+        sent = (
+            planned.batches
+            | "SpreadBatches" >> beam.Reshuffle()
+            | "PostStow"
+            >> beam.ParDo(
+                _StowFn(
+                    self._config,
+                    self._auth,
+                    self._max_concurrency,
+                    self._pool_key,
+                    self._session_factory,
+                )
+            ).with_outputs(FAILED_TAG, main="stored")
+        )
+        failed = (planned[FAILED_TAG], sent[FAILED_TAG]) | "FlattenFailed" >> beam.Flatten()
+        return StoreResult(stored=sent.stored, failed=failed)
+
+    def display_data(self) -> dict[str, object]:
+        return {
+            "dicomweb_url": DisplayDataItem(
+                DicomwebEndpoint.redacted(self._config.endpoint.base_url), label="DICOMweb URL"
+            ),
+            "auth": DisplayDataItem(self._auth.kind, label="Authentication"),
+            "batch_size": self._batch_size,
+            "max_batch_bytes": self._max_batch_bytes,
+            "max_concurrency": self._max_concurrency,
+            "single_part": self._config.single_part,
+            "storage_class": self._config.storage_class or "",
+        }
