@@ -3,8 +3,10 @@
 The benchmark points a DICOMweb client at this server to measure the client's own overhead:
 every STOW-RS request is answered at once, as cheaply as possible, yet correctly enough that
 the client can classify each instance as stored. SOP Class/Instance UIDs are taken from the
-Part 10 File Meta Information, parsed by hand (no pydicom); nothing is kept. QIDO-RS
-``GET /dicom-web/studies/{study}/instances`` always answers ``[]``.
+Part 10 File Meta Information, parsed by hand (no pydicom); nothing is kept. Bodies are read
+as a stream: only the first ``HEAD_BYTES`` of each part are held (enough for any File Meta
+group), so a 1 GB instance costs the sink a few megabytes. QIDO-RS ``GET /dicom-web/studies``
+and ``GET /dicom-web/studies/{study}/instances`` always answer ``[]``.
 
 Run as a process: ``python benchmarks/stow_sink.py --port 0`` prints
 ``LISTENING http://127.0.0.1:PORT`` and serves forever. Or import ``StowSink``.
@@ -19,12 +21,15 @@ import re
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV"})
 _STOW_PATH = re.compile(r"^/dicom-web/studies(?:/[^/]+)?/?$")
-_QIDO_PATH = re.compile(r"^/dicom-web/studies/[^/]+/instances/?$")
+_QIDO_PATH = re.compile(r"^/dicom-web/studies(?:/[^/]+/instances)?/?$")
+HEAD_BYTES = 64 * 1024  # of each part kept for _scan_meta; the rest is read and dropped
+_READ_SIZE = 1 << 20
 _PROCESSING_FAILURE = 0x0110
 _CLS, _SOP = "00081150", "00081155"
 
@@ -109,6 +114,84 @@ def _part_spans(body: bytes, boundary: bytes) -> list[tuple[int, int]]:
     return spans
 
 
+class PartHeads:
+    """Split a ``multipart/related`` body fed chunk by chunk, keeping each part's first bytes.
+
+    Same reading as ``_part_spans`` on the whole body, in bounded memory: ``heads`` gets the
+    first ``keep`` bytes of each part's content; a part without a closing delimiter runs to the
+    end of the body.
+    """
+
+    def __init__(self, boundary: bytes, keep: int = HEAD_BYTES) -> None:
+        self._delim = b"--" + boundary
+        self._next = b"\r\n" + self._delim
+        self._keep = keep
+        self._buf = bytearray()
+        self._state = "preamble"  # preamble -> after_delim <-> content -> done
+        self._head = bytearray()
+        self.heads: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> None:
+        self._buf += chunk
+        while self._step():
+            pass
+
+    def finish(self) -> list[bytes]:
+        if self._state == "content":  # no closing delimiter: take the rest
+            self._take(len(self._buf))
+            self._end_part()
+        self._state = "done"
+        self._buf.clear()
+        return self.heads
+
+    def _step(self) -> bool:
+        """Advance as far as the buffer allows; False when more input is needed."""
+        buf = self._buf
+        if self._state == "preamble":
+            pos = buf.find(self._delim)
+            if pos < 0:
+                del buf[: max(0, len(buf) - len(self._delim) + 1)]
+                return False
+            del buf[: pos + len(self._delim)]
+            self._state = "after_delim"
+            return True
+        if self._state == "after_delim":
+            if len(buf) < 2:
+                return False
+            if buf.startswith(b"--"):
+                self._state = "done"
+                return False
+            line_end = buf.find(b"\r\n")
+            headers_end = buf.find(b"\r\n\r\n", line_end) if line_end >= 0 else -1
+            if headers_end < 0:
+                return False
+            del buf[: headers_end + 4]
+            self._state = "content"
+            return True
+        if self._state == "content":
+            end = buf.find(self._next)
+            if end < 0:
+                self._take(max(0, len(buf) - len(self._next) + 1))
+                return False
+            self._take(end)
+            del buf[: len(self._next)]
+            self._end_part()
+            self._state = "after_delim"
+            return True
+        buf.clear()  # done: ignore the epilogue
+        return False
+
+    def _take(self, n: int) -> None:
+        room = self._keep - len(self._head)
+        if room > 0:
+            self._head += self._buf[: min(n, room)]
+        del self._buf[:n]
+
+    def _end_part(self) -> None:
+        self.heads.append(bytes(self._head))
+        self._head = bytearray()
+
+
 def _boundary(content_type: str) -> bytes | None:
     for param in content_type.split(";")[1:]:
         key, _, value = param.partition("=")
@@ -136,17 +219,41 @@ class _SinkHandler(BaseHTTPRequestHandler):
             head += "Connection: close\r\n"
         self.wfile.write(head.encode("latin-1") + b"\r\n" + body)
 
-    def _read_body(self) -> bytes:
+    def _body_chunks(self) -> Iterator[bytes]:
+        """The request body in chunks of at most 1 MB (raises ValueError if malformed)."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks: list[bytes] = []
             while size := int(self.rfile.readline(65537).split(b";", 1)[0].strip(), 16):
-                chunks.append(self.rfile.read(size))
+                yield from self._read_exactly(size)
                 self.rfile.readline(65537)
             while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                 pass  # trailers
-            return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+            return
+        yield from self._read_exactly(int(self.headers.get("Content-Length") or 0))
+
+    def _read_exactly(self, length: int) -> Iterator[bytes]:
+        while length > 0:
+            chunk = self.rfile.read(min(length, _READ_SIZE))
+            if not chunk:
+                return  # the client went away: what came is all there is
+            length -= len(chunk)
+            yield chunk
+
+    def _part_heads(self, media: str, boundary: bytes | None) -> list[bytes] | None:
+        """Read the whole body; the first bytes of each part, or None when not STOW content."""
+        if media == "application/dicom":
+            head = bytearray()
+            for chunk in self._body_chunks():
+                if len(head) < HEAD_BYTES:
+                    head += chunk[: HEAD_BYTES - len(head)]
+            return [bytes(head)]
+        if media == "multipart/related" and boundary:
+            parts = PartHeads(boundary)
+            for chunk in self._body_chunks():
+                parts.feed(chunk)
+            return parts.finish()
+        for _ in self._body_chunks():
+            pass
+        return None
 
     def do_GET(self) -> None:
         self.server.sink.count(requests=1, qido_requests=1)
@@ -158,28 +265,28 @@ class _SinkHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         sink = self.server.sink
         sink.count(requests=1)
+        ctype = self.headers.get("Content-Type", "")
+        media = ctype.split(";", 1)[0].strip().lower()
+        stow_path = bool(_STOW_PATH.match(self.path.split("?", 1)[0]))
         try:
-            body = self._read_body()
+            heads = self._part_heads(media, _boundary(ctype)) if stow_path else None
+            if not stow_path:
+                for _ in self._body_chunks():
+                    pass
         except ValueError:
             self.close_connection = True
             return self._reply(400, "Bad Request", b"malformed body\n", "text/plain")
-        if not _STOW_PATH.match(self.path.split("?", 1)[0]):
+        if not stow_path:
             return self._reply(404, "Not Found", b"not found\n", "text/plain")
-        ctype = self.headers.get("Content-Type", "")
-        media = ctype.split(";", 1)[0].strip().lower()
-        if media == "application/dicom":
-            spans = [(0, len(body))]
-        elif media == "multipart/related" and (boundary := _boundary(ctype)):
-            spans = _part_spans(body, boundary)
-        else:
+        if heads is None:
             return self._reply(415, "Unsupported Media Type", b"bad content type\n", "text/plain")
-        if not spans:
+        if not heads:
             return self._reply(400, "Bad Request", b"no parts\n", "text/plain")
         prefix = sink.base_url + "/dicom-web/studies/x/series/x/instances/"
         stored: list[dict[str, object]] = []
         failed: list[dict[str, object]] = []
-        for start, end in spans:
-            cls, sop, ok = _scan_meta(body, start, end)
+        for head in heads:
+            cls, sop, ok = _scan_meta(head, 0, len(head))
             if ok:
                 url = {"vr": "UR", "Value": [f"{prefix}{sop}"]}
                 stored.append({_CLS: _ui(cls), _SOP: _ui(sop), "00081190": url})
@@ -191,8 +298,8 @@ class _SinkHandler(BaseHTTPRequestHandler):
             result["00081199"] = {"vr": "SQ", "Value": stored}
         if failed:
             result["00081198"] = {"vr": "SQ", "Value": failed}
-        sink.count(stow_requests=1, instances=len(stored), failed=len(spans) - len(stored))
-        status, reason = (200, "OK") if len(stored) == len(spans) else (409, "Conflict")
+        sink.count(stow_requests=1, instances=len(stored), failed=len(heads) - len(stored))
+        status, reason = (200, "OK") if len(stored) == len(heads) else (409, "Conflict")
         self._reply(status, reason, json.dumps(result).encode(), "application/dicom+json")
 
 

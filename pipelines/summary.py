@@ -33,7 +33,7 @@ class StoreSummary:
             stored=counters.get(metrics.INSTANCES_STORED, 0),
             already_present=counters.get(metrics.INSTANCES_ALREADY_PRESENT, 0),
             bytes_stored=counters.get(metrics.BYTES_STORED, 0),
-            requests=counters.get(metrics.STOW_REQUESTS, 0),
+            requests=counters.get(metrics.HTTP_REQUESTS, 0),
             retries=counters.get(metrics.HTTP_RETRIES, 0),
             throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
             failed_by_reason={

@@ -30,8 +30,8 @@ def plan_study(
             stage=Stage.STORE,
             source=f.path,
             reason=Reason.DUPLICATE_INPUT,
-            message=f"another input has the same SOP Instance UID and is stored instead: "
-            f"{kept[f.uids.sop].path}",
+            message="another input has the same SOP Instance UID and is sent instead (see its "
+            f"own outcome): {kept[f.uids.sop].path}",
             uids=f.uids,
         )
     batch: list[DicomFile] = []

@@ -150,7 +150,7 @@ def _emit(report: StoreReport, window: object, timestamp: object) -> Iterator[ob
         nbytes=sum(o.bytes for o in stored),
         failed=len(report.outcomes) - len(stored),
     )
-    metrics.inc(metrics.STOW_REQUESTS, report.requests)
+    metrics.inc(metrics.HTTP_REQUESTS, report.requests)
     metrics.inc(metrics.HTTP_RETRIES, report.retries)
     metrics.inc(metrics.THROTTLED_MS, int(report.throttled_seconds * 1000))
     for outcome in report.outcomes:

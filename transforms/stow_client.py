@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import requests
@@ -93,26 +93,38 @@ class StoreReport:
 
 
 class _StudyCache:
-    """SOP UIDs known to be in the store, for the last few studies (thread-safe)."""
+    """SOP UIDs known to be in the store, for the last few studies (thread-safe).
+
+    Lookups are single-flight: batches of one study running at once wait for one search.
+    """
 
     def __init__(self, max_studies: int = 16) -> None:
         self._data: collections.OrderedDict[str, set[str]] = collections.OrderedDict()
         self._max = max_studies
         self._lock = threading.Lock()
+        self._fetching: dict[str, threading.Lock] = {}
 
-    def get(self, study: str) -> set[str] | None:
+    def get_or_fetch(self, study: str, fetch: Callable[[], set[str]]) -> set[str]:
+        """The cached set (shared: read only), else what ``fetch()`` returns, then cached."""
         with self._lock:
             if study in self._data:
                 self._data.move_to_end(study)
                 return self._data[study]
-            return None
-
-    def put(self, study: str, uids: set[str]) -> None:
-        with self._lock:
-            self._data[study] = uids
-            self._data.move_to_end(study)
-            while len(self._data) > self._max:
-                self._data.popitem(last=False)
+            study_lock = self._fetching.setdefault(study, threading.Lock())
+        with study_lock:
+            with self._lock:
+                if study in self._data:
+                    return self._data[study]
+            try:
+                uids = fetch()
+            finally:
+                with self._lock:
+                    self._fetching.pop(study, None)
+            with self._lock:
+                self._data[study] = uids
+                while len(self._data) > self._max:
+                    self._data.popitem(last=False)
+            return uids
 
     def add(self, study: str, uids: Sequence[str]) -> None:
         with self._lock:
@@ -156,23 +168,20 @@ class StowClient:
     def _skip_existing(self, batch: StowBatch, report: StoreReport) -> list[DicomFile]:
         if not self._config.check_existing:
             return list(batch.files)
-        existing = self._existing.get(batch.study_uid)
-        if existing is None:
-            try:
-                existing = study_sop_uids(
-                    self._session,
-                    self._config.endpoint,
-                    batch.study_uid,
-                    policy=self._config.retry,
-                    clock=self._clock,
-                    on_retry=lambda status, wait: _count_retry(report, wait),
-                )
-            except HttpError:
-                # Storing anyway is safe: the server deduplicates or says "already exists".
-                return list(batch.files)
-            finally:
-                report.requests += 1
-            self._existing.put(batch.study_uid, existing)
+
+        def fetch() -> set[str]:
+            report.requests += 1
+            return study_sop_uids(
+                self._session, self._config.endpoint, batch.study_uid,
+                policy=self._config.retry, clock=self._clock,
+                on_retry=lambda status, wait: _count_retry(report, wait),
+            )  # fmt: skip
+
+        try:
+            existing = self._existing.get_or_fetch(batch.study_uid, fetch)
+        except HttpError:
+            # Storing anyway is safe: the server deduplicates or says "already exists".
+            return list(batch.files)
         to_send = []
         for f in batch.files:
             if f.uids.sop in existing:

@@ -215,6 +215,8 @@ class _Handler(BaseHTTPRequestHandler):
         rest = path[len(standin.dicomweb_path) :]
         if self.command == "POST" and (m := re.fullmatch(r"/studies(?:/([^/]+))?/?", rest)):
             self._stow(standin, m.group(1), body)
+        elif self.command == "GET" and re.fullmatch(r"/studies/?", rest):
+            self._search_studies(standin)
         elif self.command == "GET" and (m := re.fullmatch(r"/studies/([^/]+)/instances/?", rest)):
             self._qido(standin, m.group(1), parse_qs(query))
         elif self.command == "GET" and (
@@ -277,6 +279,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_json(code, _render_json(attrs), "application/dicom+json")
         else:
             self.send(code, "application/dicom+xml", _render_xml(attrs).encode("utf-8"))
+
+    def _search_studies(self, standin: GoogleStandin) -> None:
+        """Study-level search, enough for a client's "does the store answer" check."""
+        with standin._lock:
+            studies = sorted({k[0] for k in standin.instances})
+        self.send_json(
+            200,
+            [{"0020000D": {"vr": "UI", "Value": [s]}} for s in studies],
+            "application/dicom+json",
+        )
 
     def _qido(self, standin: GoogleStandin, study: str, params: dict[str, list[str]]) -> None:
         try:
