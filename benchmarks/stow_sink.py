@@ -30,6 +30,7 @@ _STOW_PATH = re.compile(r"^/dicom-web/studies(?:/[^/]+)?/?$")
 _QIDO_PATH = re.compile(r"^/dicom-web/studies(?:/[^/]+/instances)?/?$")
 HEAD_BYTES = 64 * 1024  # of each part kept for _scan_meta; the rest is read and dropped
 _READ_SIZE = 1 << 20
+_MAX_HEADERS = 64 * 1024
 _PROCESSING_FAILURE = 0x0110
 _CLS, _SOP = "00081150", "00081155"
 
@@ -88,38 +89,14 @@ def sop_uids_from_part10(data: bytes) -> tuple[str, str] | None:
     return (cls, sop) if ok and cls and sop else None
 
 
-def _part_spans(body: bytes, boundary: bytes) -> list[tuple[int, int]]:
-    """Offsets ``(start, end)`` of each part's content in a multipart body."""
-    delim = b"--" + boundary
-    next_delim = b"\r\n" + delim
-    spans: list[tuple[int, int]] = []
-    pos = body.find(delim)
-    if pos < 0:
-        return spans
-    pos += len(delim)
-    while not body.startswith(b"--", pos):
-        line_end = body.find(b"\r\n", pos)
-        if line_end < 0:
-            break
-        headers_end = body.find(b"\r\n\r\n", line_end)
-        if headers_end < 0:
-            break
-        content_start = headers_end + 4
-        content_end = body.find(next_delim, content_start)
-        if content_end < 0:  # no closing delimiter: take the rest
-            spans.append((content_start, len(body)))
-            break
-        spans.append((content_start, content_end))
-        pos = content_end + len(next_delim)
-    return spans
-
-
 class PartHeads:
     """Split a ``multipart/related`` body fed chunk by chunk, keeping each part's first bytes.
 
-    Same reading as ``_part_spans`` on the whole body, in bounded memory: ``heads`` gets the
-    first ``keep`` bytes of each part's content; a part without a closing delimiter runs to the
-    end of the body.
+    ``heads`` gets the first ``keep`` bytes of each part's content, in order. The preamble is
+    skipped; after each delimiter line come the part's headers up to a blank line (at most
+    ``_MAX_HEADERS`` bytes, or the body is taken to end there); a part without a closing
+    delimiter runs to the end of the body; the epilogue is ignored. Memory is bounded by
+    ``keep`` plus one chunk, whatever the body's size.
     """
 
     def __init__(self, boundary: bytes, keep: int = HEAD_BYTES) -> None:
@@ -164,6 +141,8 @@ class PartHeads:
             line_end = buf.find(b"\r\n")
             headers_end = buf.find(b"\r\n\r\n", line_end) if line_end >= 0 else -1
             if headers_end < 0:
+                if len(buf) > _MAX_HEADERS:
+                    self._state = "done"
                 return False
             del buf[: headers_end + 4]
             self._state = "content"
