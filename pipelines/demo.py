@@ -25,7 +25,7 @@ from pipelines.local_orthanc import LocalOrthanc
 
 
 def sample_folder() -> Path:
-    return Path(pydicom.data.get_testdata_file("CT_small.dcm", download=False)).parent
+    return Path(str(pydicom.data.get_testdata_file("CT_small.dcm", download=False))).parent
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -131,9 +131,10 @@ def _check_complete(ds: Dataset, stream: BinaryIO, size: int) -> None:
                 f"the file ends inside element {element.tag} ({size} bytes, {end} needed)",
             )
     position = stream.tell()
-    last = next(reversed(ds._dict.values()), None)
+    elements = list(ds._dict.values())
+    last = elements[-1] if elements else None
     last_end = _end_of(last)
-    implicit, little = ds.original_encoding
+    implicit, little = (bool(flag) for flag in ds.original_encoding)
     endian = "<" if little else ">"
     if position < size:
         end = _check_pixel_data(stream, position, size, implicit=implicit, little=little)
@@ -263,9 +264,9 @@ def _ends_with_delimiter(stream: BinaryIO, size: int, endian: str) -> bool:
 def file_meta_prefix(sop_class_uid: str, sop_uid: str, transfer_syntax: str) -> bytes:
     """Preamble, 'DICM' and File Meta Information that make a raw dataset a Part 10 file."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.UID(sop_uid)
+    meta.TransferSyntaxUID = pydicom.uid.UID(transfer_syntax)
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False

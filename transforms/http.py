@@ -21,6 +21,7 @@ from transforms.dead_letter import Reason, shorten
 from transforms.errors import HttpError
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_NO_HEADERS = requests.structures.CaseInsensitiveDict[str]()
 _RETRYABLE_EXCEPTIONS = (
     requests.ConnectionError,
     requests.Timeout,
@@ -146,7 +147,7 @@ def send(
             status, resp_headers, content = resp.status_code, resp.headers, resp.content
             resp.close()
         except _RETRYABLE_EXCEPTIONS as exc:
-            status, resp_headers, content = None, {}, b""
+            status, resp_headers, content = None, _NO_HEADERS, b""
             detail = f"{type(exc).__name__} talking to the server"
         finally:
             close = getattr(data, "close", None)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import apache_beam as beam
 import requests
 from apache_beam.transforms.display import DisplayDataItem
+from apache_beam.transforms.window import BoundedWindow
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import concurrency, metrics, progress
@@ -88,7 +90,9 @@ class _StowFn(beam.DoFn):
         self._pool_key = pool_key
         self._session_factory = session_factory
         self._shared: _Shared | None = None
-        self._pending: list[tuple[concurrent.futures.Future[StoreReport], object, object]] = []
+        self._pending: list[
+            tuple[concurrent.futures.Future[StoreReport], BoundedWindow, Timestamp]
+        ] = []
 
     def _create(self) -> _Shared:
         if self._session_factory is not None:
@@ -110,8 +114,8 @@ class _StowFn(beam.DoFn):
     def process(
         self,
         batch: StowBatch,
-        window: object = beam.DoFn.WindowParam,
-        timestamp: object = beam.DoFn.TimestampParam,
+        window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
+        timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
         assert self._shared is not None
         future = self._shared.executor.submit(self._shared.client.store, batch)
@@ -143,7 +147,7 @@ class _StowFn(beam.DoFn):
                 yield from _emit(future.result(), window, timestamp)
 
 
-def _emit(report: StoreReport, window: object, timestamp: object) -> Iterator[object]:
+def _emit(report: StoreReport, window: BoundedWindow, timestamp: Timestamp) -> Iterator[object]:
     stored = [o for o in report.outcomes if isinstance(o, StoredInstance)]
     progress.for_label("store").add(
         items=len(stored),
@@ -154,7 +158,7 @@ def _emit(report: StoreReport, window: object, timestamp: object) -> Iterator[ob
     metrics.inc(metrics.HTTP_RETRIES, report.retries)
     metrics.inc(metrics.THROTTLED_MS, int(report.throttled_seconds * 1000))
     for outcome in report.outcomes:
-        value = WindowedValue(outcome, timestamp, [window])
+        value = WindowedValue(outcome, timestamp, (window,))
         if isinstance(outcome, StoredInstance):
             if outcome.status == STATUS_STORED:
                 metrics.inc(metrics.INSTANCES_STORED)

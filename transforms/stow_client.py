@@ -233,7 +233,9 @@ class StowClient:
             return
         self._interpret(study, files, resp, report, prior_attempts + resp.attempts)
 
-    def _request(self, study: str, files: list[DicomFile]) -> tuple[str, dict[str, str], object]:
+    def _request(
+        self, study: str, files: list[DicomFile]
+    ) -> tuple[str, dict[str, str], Callable[[], StreamingBody]]:
         headers = {"Accept": _ACCEPT}
         if self._config.storage_class:
             headers["Storage-Class"] = self._config.storage_class

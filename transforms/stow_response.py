@@ -82,7 +82,7 @@ def _from_json(body: bytes) -> StowResponse:
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadStowResponse(f"STOW response is not JSON: {exc.msg}") from None
+        raise BadStowResponse(f"STOW response is not JSON ({type(exc).__name__})") from None
     if isinstance(data, list) and len(data) == 1:  # some servers wrap the dataset in an array
         data = data[0]
     if not isinstance(data, dict):
