@@ -270,8 +270,8 @@ class _SinkHandler(BaseHTTPRequestHandler):
                 url = {"vr": "UR", "Value": [f"{prefix}{sop}"]}
                 stored.append({_CLS: _ui(cls), _SOP: _ui(sop), "00081190": url})
             elif sop:
-                reason = {"vr": "US", "Value": [_PROCESSING_FAILURE]}
-                failed.append({_CLS: _ui(cls or ""), _SOP: _ui(sop), "00081197": reason})
+                failure = {"vr": "US", "Value": [_PROCESSING_FAILURE]}
+                failed.append({_CLS: _ui(cls or ""), _SOP: _ui(sop), "00081197": failure})
         result: dict[str, object] = {}
         if stored:
             result["00081199"] = {"vr": "SQ", "Value": stored}
@@ -325,6 +325,8 @@ class StowSink:
         self._lock = threading.Lock()
         self._server = _SinkServer(self, host, port)
         bound_host, bound_port = self._server.server_address[:2]
+        if isinstance(bound_host, bytes):
+            bound_host = bound_host.decode("ascii")
         self.base_url = f"http://{bound_host}:{bound_port}"
         self._thread: threading.Thread | None = None
 

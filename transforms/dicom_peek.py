@@ -24,7 +24,7 @@ from transforms.errors import InvalidInputError
 from transforms.records import DicomFile, InstanceUids
 
 MAX_UID_LENGTH = 64
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 # Values larger than this are skipped by seeking, so a header with big non-pixel blobs costs
 # no memory; their lengths are still checked against the file size.
 _DEFER_SIZE = 64 * 1024
@@ -48,7 +48,7 @@ def check_uid(value: object, name: str) -> str:
     if value is None or value == "":
         raise InvalidInputError(Reason.MISSING_UID, f"{name} is missing")
     text = str(value)
-    if not isinstance(value, str) or not _UID.match(text):
+    if not isinstance(value, str) or not _UID.fullmatch(text):
         raise InvalidInputError(
             Reason.INVALID_UID, f"{name} is not made of digits and dots (PS3.5 9.1)"
         )
@@ -81,12 +81,17 @@ def peek_dicom(stream: BinaryIO, *, path: str, size: int) -> DicomFile:
     except Exception as exc:  # pydicom raises many types; their text may quote values
         if not is_part10:
             raise InvalidInputError(Reason.NOT_DICOM, _NOT_DICOM) from None
+        if stream.tell() >= size:  # it failed because the bytes ran out
+            raise InvalidInputError(
+                Reason.TRUNCATED, "the file ends inside its DICOM header"
+            ) from None
         raise InvalidInputError(
             Reason.NOT_DICOM, f"the DICOM header cannot be parsed ({type(exc).__name__})"
         ) from None
     if not is_part10 and "SOPInstanceUID" not in ds:
         raise InvalidInputError(Reason.NOT_DICOM, _NOT_DICOM)
 
+    _check_file_meta(ds, size)
     transfer_syntax = _transfer_syntax(ds, is_part10)
     if transfer_syntax != pydicom.uid.DeflatedExplicitVRLittleEndian:
         # Offsets of a deflated dataset refer to the inflated stream, not the file.
@@ -106,6 +111,25 @@ def peek_dicom(stream: BinaryIO, *, path: str, size: int) -> DicomFile:
 _NOT_DICOM = (
     "not a DICOM file: no 'DICM' marker at byte 128 (Part 10) and not a readable raw dataset"
 )
+
+
+def _check_file_meta(ds: Dataset, size: int) -> None:
+    """A file cut inside its File Meta Information is truncated, whatever else is missing."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        return
+    if size < 132 + 12:
+        raise InvalidInputError(Reason.TRUNCATED, "the file ends inside its File Meta Information")
+    group_length = meta.get("FileMetaInformationGroupLength")
+    # 132 bytes of preamble and 'DICM', then the 12-byte group length element itself.
+    if isinstance(group_length, int) and 132 + 12 + group_length > size:
+        raise InvalidInputError(Reason.TRUNCATED, "the file ends inside its File Meta Information")
+    for element in meta._dict.values():
+        end = _end_of(element)
+        if end is not None and end > size:
+            raise InvalidInputError(
+                Reason.TRUNCATED, "the file ends inside its File Meta Information"
+            )
 
 
 def _transfer_syntax(ds: Dataset, is_part10: bool) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 GOOGLE_API_ROOT = "https://healthcare.googleapis.com/v1"
 
-_GOOGLE_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_GOOGLE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 _GOOGLE_STORE_PATH = re.compile(
     r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/datasets/(?P<dataset>[^/]+)"
     r"/dicomStores/(?P<store>[^/]+)/dicomWeb$"
@@ -31,13 +31,16 @@ class DicomwebEndpoint:
     base_url: str
 
     def __post_init__(self) -> None:
+        if any(c.isspace() or not c.isprintable() for c in self.base_url):
+            # urlsplit silently drops tabs and newlines; they must not reach a request line.
+            raise ValueError("DICOMweb URL must not contain spaces or control characters")
         url = self.base_url.rstrip("/")
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"DICOMweb URL must be http(s)://host/...: got {self.redacted(url)!r}")
         if parts.username or parts.password:
             raise ValueError("DICOMweb URL must not contain credentials; use --auth basic")
-        if parts.query or parts.fragment:
+        if "?" in url or "#" in url:
             raise ValueError("DICOMweb URL must not contain a query or a fragment")
         object.__setattr__(self, "base_url", url)
 
@@ -52,7 +55,7 @@ class DicomwebEndpoint:
             ("dataset", dataset),
             ("dicom_store", dicom_store),
         ):
-            if not value or not _GOOGLE_ID.match(value):
+            if not value or not _GOOGLE_ID.fullmatch(value):
                 raise ValueError(f"invalid Google {name}: {value!r}")
         return cls(
             f"{GOOGLE_API_ROOT}/projects/{project}/locations/{location}"
@@ -90,6 +93,8 @@ class DicomwebEndpoint:
         """The URL without user information or query: safe to log."""
         parts = urllib.parse.urlsplit(url)
         netloc = parts.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"  # IPv6
         if parts.port:
             netloc += f":{parts.port}"
         return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -82,7 +82,7 @@ def retry_after_seconds(value: str | None, now_epoch: float | None = None) -> fl
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

@@ -49,6 +49,9 @@ from transforms.stow_response import BadStowResponse, InstanceResult, parse_stow
 STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
 ON_EXISTS_CHOICES = ("skip", "fail")
 _ACCEPT = "application/dicom+json, application/dicom+xml;q=0.9"
+# Refusals that may be about one instance of the batch (not about credentials or the URL):
+# sending the instances the answer did not name one by one gets each its own verdict.
+_PER_INSTANCE_REFUSALS = frozenset({400, 409, 413, 422})
 
 Outcome = StoredInstance | DeadLetter
 
@@ -301,7 +304,7 @@ class StowClient:
                 unnamed.append(f)
         if not unnamed:
             return
-        if 400 <= resp.status < 500 and len(files) > 1:
+        if resp.status in _PER_INSTANCE_REFUSALS and len(files) > 1:
             for f in unnamed:  # isolate each one: it gets its own verdict
                 self._send(study, [f], report, prior_attempts=attempts)
             return
@@ -321,7 +324,7 @@ class StowClient:
                 reason,
                 message,
                 status=resp.status,
-                detail=None if parsed else resp.text_detail(),
+                detail=None if parsed and parsed.recognised else resp.text_detail(),
                 attempts=attempts,
             )
             for f in unnamed

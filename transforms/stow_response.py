@@ -25,6 +25,7 @@ RETRIEVE_URL = "00081190"
 WARNING_REASON = "00081196"
 FAILURE_REASON = "00081197"
 GOOGLE_DETAIL_TAGS = ("00091097", "00090097")
+_STOW_TAGS = (REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE, RETRIEVE_URL)
 
 # PS3.7 Annex C "Duplicate SOP Instance".
 DUPLICATE_SOP_INSTANCE = 0x0111
@@ -59,6 +60,8 @@ class StowResponse:
     referenced: dict[str, InstanceResult] = field(default_factory=dict)
     failed: dict[str, InstanceResult] = field(default_factory=dict)
     retrieve_url: str | None = None
+    # False for a body that is not a STOW answer at all (e.g. Google's {"error": ...}).
+    recognised: bool = True
 
 
 class BadStowResponse(ValueError):
@@ -91,6 +94,7 @@ def _from_json(body: bytes) -> StowResponse:
         referenced=_json_items(data, REFERENCED_SOP_SEQUENCE),
         failed=_json_items(data, FAILED_SOP_SEQUENCE),
         retrieve_url=_json_first(data, RETRIEVE_URL),
+        recognised=any(t in data for t in _STOW_TAGS),
     )
 
 
@@ -137,6 +141,7 @@ def _from_xml(body: bytes) -> StowResponse:
         referenced=_xml_items(top.get(REFERENCED_SOP_SEQUENCE)),
         failed=_xml_items(top.get(FAILED_SOP_SEQUENCE)),
         retrieve_url=_xml_first(top.get(RETRIEVE_URL)),
+        recognised=any(t in top for t in _STOW_TAGS),
     )
 
 

@@ -1,0 +1,894 @@
+"""Benchmark of ``pipelines.store`` against an ideal raw HTTP client doing the same work.
+
+    .venv/bin/python benchmarks/bench_store.py [--instances 2000] [--studies 20] \\
+        [--concurrency 4] [--batch-size 50] [--repeat 3] \\
+        [--scenario orthanc|sink|memory|all] [--json out.json]
+
+Scenarios (docs/benchmarks.md says why each is fair):
+
+* ``orthanc``: a real Orthanc + DICOMweb plugin. The raw client (files pre-read into memory,
+  ``concurrency`` threads, one pooled ``requests.Session``, multipart batches of one study)
+  and the whole pipeline job (``pipelines.store.run`` in this process, DirectRunner) store the
+  same instances into an emptied store, alternately for ``--repeat`` rounds; the medians of
+  instances/s and their ratio are reported. Target: pipeline/raw >= 0.9.
+* ``sink``: the same against ``benchmarks/stow_sink.py`` (a separate process that answers at
+  once), so what is left is the clients' own cost. Target: the pipeline >= 1000 instances/s.
+* ``memory``: peak RSS of a child ``python -m pipelines.store`` storing one 1 GiB instance into
+  the sink, minus the same job storing one small instance. Target: < 150 MiB.
+
+Temporary files, Orthanc and the sink are removed on exit, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import platform
+import select
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "benchmarks"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import apache_beam  # noqa: E402
+import pydicom  # noqa: E402
+import requests  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage  # noqa: E402
+from requests.adapters import HTTPAdapter  # noqa: E402
+
+from pipelines.local_orthanc import ORTHANC_BINARY, LocalOrthanc, orthanc_available  # noqa: E402
+from pipelines.store import run as run_store  # noqa: E402
+from tests.factory import write_ct_instances  # noqa: E402
+from transforms.dicom_peek import peek_dicom  # noqa: E402
+
+SCENARIOS = ("orthanc", "sink", "memory")
+RUNNER = "DirectRunner"
+ORTHANC_RATIO_TARGET = 0.9
+SINK_RATE_TARGET = 1000.0
+MEMORY_DELTA_TARGET_MIB = 150.0
+# 16384 x 32768 pixels of 16 bits: exactly 1 GiB of pixel data.
+BIG_ROWS, BIG_COLUMNS = 16384, 32768
+WRITE_CHUNK = 8 * 1024 * 1024
+CHILD_TIMEOUT = 600.0
+_REFERENCED_SOP_SEQUENCE, _REFERENCED_SOP_INSTANCE_UID = "00081199", "00081155"
+
+# The raw client of the memory scenario: requests streaming an open file, nothing else loaded.
+RAW_UPLOAD_CODE = """
+import sys
+import requests
+path, url = sys.argv[1], sys.argv[2]
+with open(path, "rb") as body:
+    r = requests.post(url, data=body, timeout=600, headers={
+        "Content-Type": "application/dicom", "Accept": "application/dicom+json"})
+stored = r.json().get("00081199", {}).get("Value", []) if r.status_code == 200 else []
+sys.exit(0 if len(stored) == 1 else 1)
+"""
+
+
+class BenchError(RuntimeError):
+    """A run did not do the work it was timed for: its numbers would mean nothing."""
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- inputs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instance:
+    path: Path
+    study: str
+    sop: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Corpus:
+    directory: Path
+    instances: tuple[Instance, ...]
+
+    @property
+    def glob(self) -> str:
+        return f"{self.directory}/*.dcm"
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(i.data) for i in self.instances)
+
+    def batches(self, batch_size: int) -> list[tuple[str, list[Instance]]]:
+        """Batches of at most ``batch_size`` instances of one study, study after study."""
+        by_study: dict[str, list[Instance]] = {}
+        for instance in self.instances:
+            by_study.setdefault(instance.study, []).append(instance)
+        return [
+            (study, items[i : i + batch_size])
+            for study, items in by_study.items()
+            for i in range(0, len(items), batch_size)
+        ]
+
+
+def make_corpus(directory: Path, *, count: int, studies: int) -> Corpus:
+    seed = f"bench-{uuid.uuid4().hex[:12]}"  # fresh UIDs on every invocation
+    paths = write_ct_instances(directory, count=count, studies=studies, seed=seed)
+    instances = []
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        data = path.read_bytes()
+        instances.append(Instance(path, str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), data))
+    return Corpus(directory, tuple(instances))
+
+
+def write_big_instance(path: Path, rows: int = BIG_ROWS, columns: int = BIG_COLUMNS) -> int:
+    """A valid Part 10 secondary-capture instance with rows*columns 16-bit pixels of zeros.
+
+    The header is written by pydicom; the PixelData element header (7FE0,0010) OW with its
+    explicit length is appended by hand and the zeros are streamed in 8 MiB chunks, so the
+    file is never held in memory. Returns the file size.
+    """
+    pixel_bytes = rows * columns * 2
+    if pixel_bytes >= 0xFFFFFFFF:
+        raise ValueError("pixel data too large for an explicit 32-bit length")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.PatientName = "BENCH^BIG"
+    ds.PatientID = "bench-big"
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    with open(path, "wb") as out:
+        ds.save_as(out, enforce_file_format=True)
+        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes))
+        zeros = bytes(WRITE_CHUNK)
+        left = pixel_bytes
+        while left > 0:
+            out.write(zeros[: min(left, WRITE_CHUNK)])
+            left -= WRITE_CHUNK
+    size = path.stat().st_size
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    if (header.Rows, header.Columns) != (
+        rows,
+        columns,
+    ) or header.SOPInstanceUID != ds.SOPInstanceUID:
+        raise BenchError("pydicom does not read back the big instance's header")
+    with open(path, "rb") as stream:
+        peeked = peek_dicom(stream, path=str(path), size=size)
+    if peeked.uids.sop != ds.SOPInstanceUID:
+        raise BenchError("transforms.dicom_peek.peek_dicom does not accept the big instance")
+    return size
+
+
+# --- measurements -------------------------------------------------------------------------
+
+
+@dataclass
+class Measure:
+    """One timed store of ``instances`` instances."""
+
+    instances: int
+    seconds: float
+    requests: int = 0
+    job_seconds: float | None = None  # the pipeline's own clock: pipeline.run() to finish
+
+    @property
+    def rate(self) -> float:
+        return self.instances / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Comparison:
+    raw: list[Measure] = field(default_factory=list)
+    pipeline: list[Measure] = field(default_factory=list)
+    extra: dict[str, list[Measure]] = field(default_factory=dict)
+
+    @property
+    def raw_rate(self) -> float:
+        return statistics.median(m.rate for m in self.raw)
+
+    @property
+    def pipeline_rate(self) -> float:
+        return statistics.median(m.rate for m in self.pipeline)
+
+    @property
+    def ratio(self) -> float:
+        return self.pipeline_rate / self.raw_rate
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "raw": [asdict(m) | {"rate": m.rate} for m in self.raw],
+            "pipeline": [asdict(m) | {"rate": m.rate} for m in self.pipeline],
+            "extra": {
+                name: [asdict(m) | {"rate": m.rate} for m in ms] for name, ms in self.extra.items()
+            },
+            "raw_median_rate": self.raw_rate,
+            "pipeline_median_rate": self.pipeline_rate,
+            "ratio": self.ratio,
+        }
+
+
+@dataclass
+class Row:
+    scenario: str
+    measurement: str
+    result: str
+    target: str = ""
+    met: bool | None = None
+
+
+def pooled_session(concurrency: int) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=concurrency, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def multipart_body(items: Sequence[Instance], boundary: str) -> bytes:
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
+    parts = [b"".join((head, i.data, b"\r\n")) for i in items]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode("ascii")
+
+
+def raw_store(corpus: Corpus, dicomweb_url: str, *, concurrency: int, batch_size: int) -> Measure:
+    """The ideal client: bytes in memory, one multipart POST per batch, answers checked."""
+    batches = corpus.batches(batch_size)
+    session = pooled_session(concurrency)
+
+    def post(batch: tuple[str, list[Instance]]) -> int:
+        study, items = batch
+        boundary = uuid.uuid4().hex
+        resp = session.post(
+            f"{dicomweb_url}/studies/{study}",
+            data=multipart_body(items, boundary),
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Accept": "application/dicom+json",
+            },
+            timeout=600,
+        )
+        if resp.status_code != 200:
+            raise BenchError(f"raw client: HTTP {resp.status_code} for study {study}")
+        listed = resp.json().get(_REFERENCED_SOP_SEQUENCE, {}).get("Value", [])
+        stored = {item[_REFERENCED_SOP_INSTANCE_UID]["Value"][0] for item in listed}
+        missing = {i.sop for i in items} - stored
+        if missing:
+            raise BenchError(f"raw client: {len(missing)} instances not listed as stored")
+        return len(items)
+
+    with session, concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        start = time.perf_counter()
+        stored = sum(pool.map(post, batches))
+        seconds = time.perf_counter() - start
+    if stored != len(corpus.instances):
+        raise BenchError(f"raw client stored {stored} of {len(corpus.instances)}")
+    return Measure(stored, seconds, requests=len(batches))
+
+
+def pipeline_store(
+    inputs: str,
+    dicomweb_url: str,
+    output: Path,
+    *,
+    expected: int,
+    concurrency: int,
+    batch_size: int,
+    extra: Sequence[str] = (),
+) -> Measure:
+    """The whole job in this process, timed around ``pipelines.store.run``."""
+    argv = [
+        "--input",
+        inputs,
+        "--dicomweb_url",
+        dicomweb_url,
+        "--output",
+        str(output),
+        "--batch_size",
+        str(batch_size),
+        "--max_concurrency",
+        str(concurrency),
+        "--runner",
+        RUNNER,
+        *extra,
+    ]
+    start = time.perf_counter()
+    store_run = run_store(argv)
+    seconds = time.perf_counter() - start
+    summary = store_run.summary
+    if summary.stored != expected or summary.failed != 0:
+        raise BenchError(
+            f"pipeline stored {summary.stored} of {expected}, failed {summary.failed} "
+            f"({summary.failed_by_reason})"
+        )
+    lines = sum(
+        len(p.read_text().splitlines()) for p in output.glob("stored-*.jsonl") if p.is_file()
+    )
+    if lines != expected:
+        raise BenchError(f"pipeline wrote {lines} stored lines, expected {expected}")
+    return Measure(
+        expected, seconds, requests=summary.requests, job_seconds=summary.elapsed_seconds
+    )
+
+
+def alternate(
+    rounds: int,
+    raw: Callable[[int], Measure],
+    pipeline: Callable[[int], Measure],
+    label: str,
+    extra: dict[str, Callable[[int], Measure]] | None = None,
+) -> Comparison:
+    """``rounds`` rounds of each run; the order rotates every round so none always goes first.
+
+    ``extra`` runs (pipeline variants) are measured in the same rounds, into ``Comparison.extra``.
+    """
+    comparison = Comparison()
+    runs = [("raw", raw), ("pipeline", pipeline), *(extra or {}).items()]
+    for r in range(rounds):
+        k = r % len(runs)
+        for name, fn in runs[k:] + runs[:k]:
+            m = fn(r)
+            if name in ("raw", "pipeline"):
+                getattr(comparison, name).append(m)
+            else:
+                comparison.extra.setdefault(name, []).append(m)
+            log(f"{label} round {r + 1}/{rounds}: {name:18s} {m.seconds:7.2f} s {m.rate:8.1f}/s")
+    return comparison
+
+
+# --- external processes -------------------------------------------------------------------
+
+_children: set[subprocess.Popen[str]] = set()  # sinks
+_groups: set[subprocess.Popen[bytes]] = set()  # measured children, each in its own session
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    _children.discard(proc)
+
+
+class SinkProcess:
+    """``benchmarks/stow_sink.py`` in its own process (so it does not share our GIL)."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+        self.base_url = ""
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.base_url}/dicom-web"
+
+    def __enter__(self) -> SinkProcess:
+        proc = subprocess.Popen(
+            [sys.executable, str(BENCH_DIR / "stow_sink.py"), "--port", "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._proc = proc
+        _children.add(proc)
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline().strip() if ready else ""
+        if not line.startswith("LISTENING "):
+            _stop(proc)
+            raise BenchError(f"the sink did not start (said {line!r})")
+        self.base_url = line.split(" ", 1)[1]
+        return self
+
+    def peak_rss_mib(self) -> float | None:
+        """The sink's own peak RSS (VmHWM), to show it streams big bodies."""
+        if self._proc is None:
+            return None
+        return _vm_hwm_mib(self._proc.pid)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._proc is not None:
+            _stop(self._proc)
+            self._proc = None
+
+
+def _vm_hwm_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class ChildRun:
+    seconds: float
+    peak_rss_mib: float
+
+
+# Runs argv[2:] and writes its peak RSS (KiB) and exit code to argv[1]. A fresh, small
+# process: ru_maxrss of a child also counts the memory of the process it was forked from
+# before its exec, so the benchmark (which holds Beam and the corpus) must not be its parent.
+RSS_WRAPPER_CODE = """
+import os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{usage.ru_maxrss} {code}")
+sys.exit(0 if code == 0 else 1)
+"""
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a child started in its own session, and whatever it started."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 30.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_child(cmd: Sequence[str], log_path: Path, *, what: str) -> ChildRun:
+    """Run ``cmd`` to completion under the RSS wrapper; its output goes to ``log_path``."""
+    result_path = log_path.with_suffix(".rss")
+    wrapped = [sys.executable, "-S", "-c", RSS_WRAPPER_CODE, str(result_path), *cmd]
+    with open(log_path, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            wrapped, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    _groups.add(proc)
+    try:
+        proc.wait(timeout=CHILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{what} did not finish within {CHILD_TIMEOUT:.0f} s") from None
+    finally:
+        _stop_group(proc)
+        _groups.discard(proc)
+    seconds = time.perf_counter() - start
+    try:
+        maxrss_kib, code = (int(v) for v in result_path.read_text().split())
+    except (OSError, ValueError):
+        maxrss_kib, code = 0, proc.returncode
+    if code != 0:
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise BenchError(f"{what} exited with {code}:\n{tail}")
+    return ChildRun(seconds, maxrss_kib / 1024)  # Linux: ru_maxrss is in KiB
+
+
+# --- scenarios ----------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    instances: int
+    studies: int
+    concurrency: int
+    batch_size: int
+    repeat: int
+    scenarios: tuple[str, ...]
+    json_path: Path | None
+
+
+def _rate(m: float) -> str:
+    return f"{m:,.0f} inst/s"
+
+
+def comparison_rows(scenario: str, c: Comparison, n: int) -> list[Row]:
+    med_raw = statistics.median(m.seconds for m in c.raw)
+    med_pipe = statistics.median(m.seconds for m in c.pipeline)
+    rounds = len(c.raw)
+    return [
+        Row(scenario, f"raw client, median of {rounds}", f"{_rate(c.raw_rate)} ({med_raw:.2f} s)"),
+        Row(
+            scenario,
+            f"pipeline job, median of {rounds}",
+            f"{_rate(c.pipeline_rate)} ({med_pipe:.2f} s for {n})",
+        ),
+    ]
+
+
+def scenario_orthanc(opts: Options, corpus: Corpus, work: Path) -> tuple[list[Row], dict[str, Any]]:
+    if not orthanc_available():
+        log("orthanc: skipped (Orthanc or its DICOMweb plugin is not installed)")
+        return [Row("orthanc", "skipped", "Orthanc is not installed")], {"skipped": True}
+    n = len(corpus.instances)
+    with LocalOrthanc(workdir=None) as orthanc:
+        url = orthanc.dicomweb_url
+        log(f"orthanc: {url}")
+
+        def empty() -> None:
+            orthanc.delete_all()
+            if orthanc.instance_count() != 0:
+                raise BenchError("Orthanc is not empty after delete_all")
+
+        def check_full(who: str) -> None:
+            count = orthanc.instance_count()
+            if count != n:
+                raise BenchError(f"{who}: Orthanc holds {count} instances, expected {n}")
+
+        def raw(r: int) -> Measure:
+            empty()
+            m = raw_store(corpus, url, concurrency=opts.concurrency, batch_size=opts.batch_size)
+            check_full("raw client")
+            return m
+
+        def pipeline(r: int, extra: Sequence[str] = (), tag: str = "") -> Measure:
+            empty()
+            m = pipeline_store(
+                corpus.glob,
+                url,
+                work / f"out-orthanc{tag}-{r}",
+                expected=n,
+                concurrency=opts.concurrency,
+                batch_size=opts.batch_size,
+                extra=extra,
+            )
+            check_full("pipeline")
+            return m
+
+        def pipeline_no_check(r: int) -> Measure:
+            return pipeline(r, ["--no_check_existing"], "-nocheck")
+
+        comparison = alternate(
+            opts.repeat, raw, pipeline, "orthanc", {"no_check_existing": pipeline_no_check}
+        )
+        no_check = comparison.extra["no_check_existing"]
+        empty()
+    met = comparison.ratio >= ORTHANC_RATIO_TARGET
+    rows = comparison_rows("orthanc", comparison, n)
+    rows += [
+        Row(
+            "orthanc",
+            "ratio pipeline/raw",
+            f"{comparison.ratio:.2f}",
+            f">= {ORTHANC_RATIO_TARGET}",
+            met,
+        ),
+        Row(
+            "orthanc",
+            f"  pipeline job, --no_check_existing, median of {len(no_check)}",
+            f"{_rate(statistics.median(m.rate for m in no_check))} "
+            f"({statistics.median(m.seconds for m in no_check):.2f} s)",
+        ),
+    ]
+    return rows, comparison.as_json()
+
+
+def time_peeks(corpus: Corpus) -> float:
+    """Seconds to validate every header with peek_dicom, serially (what PeekHeaders does)."""
+    start = time.perf_counter()
+    for instance in corpus.instances:
+        with open(instance.path, "rb") as stream:
+            peek_dicom(stream, path=str(instance.path), size=len(instance.data))
+    return time.perf_counter() - start
+
+
+def scenario_sink(opts: Options, corpus: Corpus, work: Path) -> tuple[list[Row], dict[str, Any]]:
+    n = len(corpus.instances)
+    with SinkProcess() as sink:
+        url = sink.dicomweb_url
+        log(f"sink: {url}")
+
+        def raw(r: int) -> Measure:
+            return raw_store(corpus, url, concurrency=opts.concurrency, batch_size=opts.batch_size)
+
+        def pipeline(r: int) -> Measure:
+            return pipeline_store(
+                corpus.glob,
+                url,
+                work / f"out-sink-{r}",
+                expected=n,
+                concurrency=opts.concurrency,
+                batch_size=opts.batch_size,
+            )
+
+        comparison = alternate(opts.repeat, raw, pipeline, "sink")
+        one = pipeline_store(
+            str(corpus.instances[0].path),
+            url,
+            work / "out-sink-one",
+            expected=1,
+            concurrency=opts.concurrency,
+            batch_size=opts.batch_size,
+        )
+        log(f"sink: pipeline job with 1 instance {one.seconds:.2f} s")
+    peek_seconds = time_peeks(corpus)
+    log(f"sink: peek_dicom of {n} files, serially: {peek_seconds:.2f} s")
+    pipe_seconds = statistics.median(m.seconds for m in comparison.pipeline)
+    met = comparison.pipeline_rate >= SINK_RATE_TARGET
+    rows = comparison_rows("sink", comparison, n)
+    rows[1].target = f">= {SINK_RATE_TARGET:,.0f} inst/s"
+    rows[1].met = met
+    rows += [
+        Row("sink", "ratio pipeline/raw", f"{comparison.ratio:.2f}"),
+        Row("sink", "  split: job with 1 instance (fixed cost)", f"{one.seconds:.2f} s"),
+        Row(
+            "sink",
+            "  split: peek_dicom of every file, serial",
+            f"{peek_seconds:.2f} s ({peek_seconds / n * 1e3:.2f} ms/inst)",
+        ),
+        Row(
+            "sink",
+            "  split: rest (group, batch, POST, write)",
+            f"{max(0.0, pipe_seconds - one.seconds - peek_seconds):.2f} s",
+        ),
+    ]
+    extra = {"one_instance_job": asdict(one), "peek_seconds": peek_seconds}
+    return rows, comparison.as_json() | extra
+
+
+def scenario_memory(opts: Options, work: Path) -> tuple[list[Row], dict[str, Any]]:
+    small_dir = work / "memory-small"
+    (small,) = write_ct_instances(small_dir, count=1, seed=f"bench-mem-{uuid.uuid4().hex[:12]}")
+    big_dir = work / "memory-big"
+    big_dir.mkdir()
+    big = big_dir / "big.dcm"
+    log("memory: writing a 1 GiB instance")
+    big_size = write_big_instance(big)
+    log(f"memory: {big} is {big_size:,} bytes; pydicom and peek_dicom read it")
+    runs: dict[str, ChildRun] = {}
+    try:
+        with SinkProcess() as sink:
+            url = sink.dicomweb_url
+            for name, path in (("small", small), ("big", big)):
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "pipelines.store",
+                    "--input",
+                    str(path),
+                    "--dicomweb_url",
+                    url,
+                    "--output",
+                    str(work / f"out-memory-{name}"),
+                    "--max_concurrency",
+                    str(opts.concurrency),
+                    "--runner",
+                    RUNNER,
+                ]
+                runs[f"pipeline_{name}"] = run_child(
+                    cmd, work / f"pipeline-{name}.log", what=f"pipeline ({name})"
+                )
+                raw_cmd = [sys.executable, "-c", RAW_UPLOAD_CODE, str(path), f"{url}/studies"]
+                runs[f"raw_{name}"] = run_child(
+                    raw_cmd, work / f"raw-{name}.log", what=f"raw client ({name})"
+                )
+                for key in (f"pipeline_{name}", f"raw_{name}"):
+                    log(
+                        f"memory: {key:14s} peak RSS {runs[key].peak_rss_mib:7.1f} MiB "
+                        f"in {runs[key].seconds:.2f} s"
+                    )
+            sink_rss = sink.peak_rss_mib()
+    finally:
+        big.unlink(missing_ok=True)
+    pipe_delta = runs["pipeline_big"].peak_rss_mib - runs["pipeline_small"].peak_rss_mib
+    raw_delta = runs["raw_big"].peak_rss_mib - runs["raw_small"].peak_rss_mib
+    big_mb_s = big_size / 1e6 / runs["pipeline_big"].seconds
+    met = pipe_delta < MEMORY_DELTA_TARGET_MIB
+    rows = [
+        Row(
+            "memory",
+            "pipeline peak RSS: 1 small / 1 GiB instance",
+            f"{runs['pipeline_small'].peak_rss_mib:.0f} / "
+            f"{runs['pipeline_big'].peak_rss_mib:.0f} MiB",
+        ),
+        Row(
+            "memory",
+            "pipeline peak RSS, 1 GiB minus small",
+            f"{pipe_delta:+.1f} MiB",
+            f"< {MEMORY_DELTA_TARGET_MIB:.0f} MiB",
+            met,
+        ),
+        Row(
+            "memory",
+            "  pipeline job time, 1 GiB instance",
+            f"{runs['pipeline_big'].seconds:.1f} s ({big_mb_s:,.0f} MB/s whole job)",
+        ),
+        Row(
+            "memory",
+            "raw client peak RSS: small / 1 GiB (+diff)",
+            f"{runs['raw_small'].peak_rss_mib:.0f} / {runs['raw_big'].peak_rss_mib:.0f} MiB "
+            f"({raw_delta:+.1f} MiB)",
+        ),
+        Row(
+            "memory",
+            "  sink peak RSS (streams bodies)",
+            f"{sink_rss:.0f} MiB" if sink_rss is not None else "n/a",
+        ),
+    ]
+    data = {name: asdict(r) for name, r in runs.items()} | {
+        "big_file_bytes": big_size,
+        "pipeline_delta_mib": pipe_delta,
+        "raw_delta_mib": raw_delta,
+        "sink_peak_rss_mib": sink_rss,
+    }
+    return rows, data
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def machine_facts() -> dict[str, str]:
+    orthanc = "not installed"
+    if orthanc_available():
+        out = subprocess.run(
+            [ORTHANC_BINARY, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+        orthanc = out.splitlines()[0] if out else "unknown"
+    return {
+        "cpus": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "apache_beam": apache_beam.__version__,
+        "pydicom": pydicom.__version__,
+        "requests": requests.__version__,
+        "orthanc": orthanc,
+        "platform": platform.platform(),
+    }
+
+
+def render_table(rows: Sequence[Row]) -> str:
+    header = ("scenario", "measurement", "result", "target", "met")
+    cells = [header] + [
+        (
+            r.scenario,
+            r.measurement,
+            r.result,
+            r.target,
+            "" if r.met is None else ("yes" if r.met else "NO"),
+        )
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+
+    def line(c: Sequence[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), sep, *(line(c) for c in cells[1:])])
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=2000)
+    parser.add_argument("--studies", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    for name in ("instances", "studies", "concurrency", "batch_size", "repeat"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.studies > args.instances:
+        parser.error("--studies must not exceed --instances")
+    return Options(
+        instances=args.instances,
+        studies=args.studies,
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        repeat=args.repeat,
+        scenarios=SCENARIOS if args.scenario == "all" else (args.scenario,),
+        json_path=args.json,
+    )
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def cleanup_children() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for proc in list(_children):
+            _stop(proc)
+        for group in list(_groups):
+            _stop_group(group)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    facts = machine_facts()
+    log("machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
+    rows: list[Row] = []
+    results: dict[str, Any] = {}
+    started = time.perf_counter()
+    try:
+        with (
+            cleanup_children(),
+            tempfile.TemporaryDirectory(prefix="bench-store-") as tmp,
+        ):
+            work = Path(tmp)
+            corpus: Corpus | None = None
+            if {"orthanc", "sink"} & set(opts.scenarios):
+                log(f"writing {opts.instances} CT instances over {opts.studies} studies")
+                corpus = make_corpus(work / "input", count=opts.instances, studies=opts.studies)
+                log(f"corpus: {len(corpus.instances)} files, {corpus.nbytes / 1e6:.1f} MB")
+            for scenario in opts.scenarios:
+                if scenario == "orthanc":
+                    assert corpus is not None
+                    scenario_rows, data = scenario_orthanc(opts, corpus, work)
+                elif scenario == "sink":
+                    assert corpus is not None
+                    scenario_rows, data = scenario_sink(opts, corpus, work)
+                else:
+                    scenario_rows, data = scenario_memory(opts, work)
+                rows += scenario_rows
+                results[scenario] = data
+    except KeyboardInterrupt:
+        log("interrupted: temporary files and processes removed")
+        return 130
+    total = time.perf_counter() - started
+    print()
+    print(
+        f"bench_store: {opts.instances} instances, {opts.studies} studies, concurrency "
+        f"{opts.concurrency}, batch size {opts.batch_size}, {opts.repeat} rounds, "
+        f"runner {RUNNER}; {facts['cpus']} CPUs, Python {facts['python']}, "
+        f"Beam {facts['apache_beam']}, {facts['orthanc']}; took {total:.0f} s"
+    )
+    print(render_table(rows))
+    if opts.json_path is not None:
+        payload = {
+            "options": asdict(opts) | {"json_path": str(opts.json_path)},
+            "machine": facts,
+            "seconds": total,
+            "rows": [asdict(r) for r in rows],
+            "results": results,
+        }
+        opts.json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
