@@ -819,7 +819,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
 
 
+_interrupted = False
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    global _interrupted
+    _interrupted = True  # Beam may wrap the KeyboardInterrupt in its own error
     raise KeyboardInterrupt
 
 
@@ -839,6 +844,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_interrupt)
     facts = machine_facts()
     log("machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
     rows: list[Row] = []
@@ -866,7 +873,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     scenario_rows, data = scenario_memory(opts, work)
                 rows += scenario_rows
                 results[scenario] = data
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not (_interrupted or isinstance(exc, KeyboardInterrupt)):
+            raise
         log("interrupted: temporary files and processes removed")
         return 130
     total = time.perf_counter() - started
