@@ -61,7 +61,8 @@ from tests.factory import write_ct_instances  # noqa: E402
 from transforms.dicom_peek import peek_dicom  # noqa: E402
 
 SCENARIOS = ("orthanc", "sink", "memory")
-RUNNER = "DirectRunner"
+# What the job uses when no --runner is given (see pipelines.store.run).
+RUNNER = "FnApiRunner"
 ORTHANC_RATIO_TARGET = 0.9
 SINK_RATE_TARGET = 1000.0
 MEMORY_DELTA_TARGET_MIB = 150.0

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
@@ -76,6 +76,11 @@ def run(argv: Sequence[str] | None = None) -> StoreRun:
     """Validate, preflight, run to completion and summarise. Raises ValueError/PreflightError."""
     options = PipelineOptions(list(argv) if argv is not None else None)
     settings = store_settings(options)
+    if options.view_as(StandardOptions).runner is None:
+        # Beam's DirectRunner first tries to download and start the Prism runner; run in
+        # process on the FnApiRunner (what DirectRunner uses for batch) for the same engine
+        # everywhere and no download at start.
+        options.view_as(StandardOptions).runner = "FnApiRunner"
     if settings.preflight:
         preflight.check_inputs(settings.inputs)
         preflight.check_store(settings.config.endpoint, settings.auth)

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 
 from transforms.dead_letter import Reason
+from transforms.dicom_header import Unsupported, scan_part10
 from transforms.errors import InvalidInputError
 from transforms.records import DicomFile, InstanceUids
 
@@ -35,6 +36,9 @@ _ITEM = (0xFFFE, 0xE000)
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 
+_UID_TAGS = (0x0020000D, 0x0020000E, 0x00080018, 0x00080016)
+_ROWS = 0x00280010
+_WANTED_TAGS = frozenset({*_UID_TAGS, _ROWS})
 _REQUIRED_UIDS = (
     ("StudyInstanceUID", "(0020,000D)"),
     ("SeriesInstanceUID", "(0020,000E)"),
@@ -72,6 +76,44 @@ def peek_dicom(stream: BinaryIO, *, path: str, size: int) -> DicomFile:
     head = stream.read(132)
     stream.seek(0)
     is_part10 = len(head) == 132 and head[128:132] == b"DICM"
+    if is_part10:
+        try:
+            return _peek_fast(stream, path=path, size=size)
+        except Unsupported:
+            stream.seek(0)  # deflated or unusual: pydicom reads it below
+    return _peek_with_pydicom(stream, path=path, size=size, is_part10=is_part10)
+
+
+def _peek_fast(stream: BinaryIO, *, path: str, size: int) -> DicomFile:
+    scan = scan_part10(stream, size, _WANTED_TAGS)
+    if not scan.has_pixels and _ROWS in scan.values:
+        raise InvalidInputError(
+            Reason.TRUNCATED, "the header describes an image but the file ends before its pixels"
+        )
+    study, series, sop, sop_class = (
+        check_uid(_uid_text(scan.values.get(tag)), f"{keyword} {label}")
+        for (keyword, label), tag in zip(_REQUIRED_UIDS, _UID_TAGS, strict=True)
+    )
+    transfer_syntax = check_uid(scan.transfer_syntax, "TransferSyntaxUID (0002,0010)")
+    return DicomFile(
+        path=path,
+        size=size,
+        uids=InstanceUids(study, series, sop),
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=transfer_syntax,
+    )
+
+
+def _uid_text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.rstrip(b"\x00 ").decode("ascii")
+    except UnicodeDecodeError:
+        return "\ufffd"  # not a UID; check_uid says so
+
+
+def _peek_with_pydicom(stream: BinaryIO, *, path: str, size: int, is_part10: bool) -> DicomFile:
     try:
         ds = pydicom.dcmread(
             stream, stop_before_pixels=True, defer_size=_DEFER_SIZE, force=not is_part10

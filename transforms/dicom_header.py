@@ -1,0 +1,215 @@
+"""A fast structural walk of a Part 10 DICOM file: every element must fit in the file. No Beam.
+
+pydicom builds an object per element (about 0.7 ms for a CT header of 256 elements); a store
+job only needs a few UIDs and proof that the file is whole. This walker reads element headers
+with ``struct`` from one cached block, skips values by offset, descends into sequences of
+undefined length, checks the pixel data (defined length or encapsulated fragments) and the
+elements after it, and collects the raw bytes of the tags asked for. It understands explicit and
+implicit VR, little and big endian; deflated datasets and anything it finds odd are left to
+pydicom by raising ``Unsupported``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from transforms.dead_letter import Reason
+from transforms.errors import InvalidInputError
+
+HEAD_BLOCK = 64 * 1024
+UNDEFINED_LENGTH = 0xFFFFFFFF
+ITEM = 0xFFFEE000
+ITEM_DELIMITER = 0xFFFEE00D
+SEQUENCE_DELIMITER = 0xFFFEE0DD
+PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+TRANSFER_SYNTAX_TAG = 0x00020010
+META_GROUP_LENGTH_TAG = 0x00020000
+_META_TAGS = frozenset({META_GROUP_LENGTH_TAG, TRANSFER_SYNTAX_TAG})
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_MAX_WANTED_LENGTH = 1024
+_MAX_DEPTH = 32
+
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+class Unsupported(Exception):
+    """Not something this walker handles; let pydicom read it."""
+
+
+@dataclass
+class HeaderScan:
+    transfer_syntax: str
+    values: dict[int, bytes] = field(default_factory=dict)  # top-level tag -> raw value
+    has_pixels: bool = False
+
+
+class _Reader:
+    """Random-access reads with the file's first block cached (headers live there)."""
+
+    def __init__(self, stream: BinaryIO, size: int) -> None:
+        self._stream = stream
+        self.size = size
+        stream.seek(0)
+        self._head = stream.read(min(size, HEAD_BLOCK))
+
+    def read(self, offset: int, n: int) -> bytes:
+        if offset + n <= len(self._head):
+            return self._head[offset : offset + n]
+        self._stream.seek(offset)
+        return self._stream.read(n)
+
+
+def _truncated(message: str) -> InvalidInputError:
+    return InvalidInputError(Reason.TRUNCATED, message)
+
+
+def scan_part10(stream: BinaryIO, size: int, wanted: frozenset[int]) -> HeaderScan:
+    """Walk a Part 10 file (preamble and 'DICM' already checked by the caller).
+
+    Raises:
+      InvalidInputError: ``truncated`` when an element, a sequence or the pixel data runs past
+        the end of the file.
+      Unsupported: for what pydicom should read instead (deflated, malformed structure).
+    """
+    reader = _Reader(stream, size)
+    meta: dict[int, bytes] = {}
+    position = _walk(reader, 132, meta, _META_TAGS, meta_only=True)
+    group_length = meta.get(META_GROUP_LENGTH_TAG, b"")
+    if len(group_length) == 4 and 132 + 12 + struct.unpack("<L", group_length)[0] > size:
+        raise _truncated("the file ends inside its File Meta Information")
+    syntax = meta.get(TRANSFER_SYNTAX_TAG, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+    if syntax == IMPLICIT_LE:
+        implicit, little = True, True
+    elif syntax == EXPLICIT_BE:
+        implicit, little = False, False
+    elif syntax and syntax != DEFLATED:
+        implicit, little = False, True  # every other syntax encodes the dataset this way
+    else:
+        raise Unsupported("deflated or missing transfer syntax")
+    scan = HeaderScan(transfer_syntax=syntax)
+    _walk(reader, position, scan.values, wanted, implicit=implicit, little=little, scan=scan)
+    return scan
+
+
+def _walk(
+    reader: _Reader,
+    position: int,
+    values: dict[int, bytes],
+    wanted: frozenset[int],
+    *,
+    implicit: bool = False,
+    little: bool = True,
+    meta_only: bool = False,
+    scan: HeaderScan | None = None,
+    depth: int = 0,
+    end: int | None = None,
+) -> int:
+    """Walk elements from ``position`` to ``end`` (or the end of the file, or an item
+    delimiter when ``end`` is None inside an item); return where the walk stopped."""
+    size = reader.size
+    limit = size if end is None else end
+    endian = "<" if little else ">"
+    tag_format = struct.Struct(endian + "HH")
+    while position < limit:
+        header = reader.read(position, 12)
+        if len(header) < 8:
+            raise _truncated("the file ends inside an element header")
+        group, element = tag_format.unpack_from(header)
+        if meta_only and group != 0x0002:
+            return position
+        tag = group << 16 | element
+        if tag == ITEM_DELIMITER:
+            if depth == 0:
+                raise Unsupported("item delimiter at top level")
+            return position + 8
+        vr = header[4:6]
+        element_implicit = implicit or not (vr.isalpha() and vr.isupper())
+        if meta_only:
+            element_implicit = False  # File Meta is always explicit VR little endian
+        if element_implicit:
+            (length,) = struct.unpack_from(endian + "L", header, 4)
+            value_start = position + 8
+        elif vr in _LONG_VRS:
+            if len(header) < 12:
+                raise _truncated("the file ends inside an element header")
+            (length,) = struct.unpack_from(endian + "L", header, 8)
+            value_start = position + 12
+        else:
+            (length,) = struct.unpack_from(endian + "H", header, 6)
+            value_start = position + 8
+        if depth == 0 and tag in PIXEL_TAGS and scan is not None:
+            scan.has_pixels = True
+            if length == UNDEFINED_LENGTH:
+                position = _fragments(reader, value_start, endian)
+                continue
+        if length == UNDEFINED_LENGTH:
+            # A sequence (or UN of undefined length, whose content is implicit VR LE).
+            inner_implicit = element_implicit or vr == b"UN"
+            inner_little = True if vr == b"UN" else little
+            position = _sequence(
+                reader, value_start, implicit=inner_implicit, little=inner_little, depth=depth
+            )
+            continue
+        value_end = value_start + length
+        if value_end > size:
+            raise _truncated(
+                f"the file ends inside element ({group:04X},{element:04X}) "
+                f"({size} bytes, {value_end} needed)"
+            )
+        if depth == 0 and tag in wanted and length <= _MAX_WANTED_LENGTH:
+            values[tag] = reader.read(value_start, length)
+        position = value_end
+    if end is not None and position != end:
+        raise Unsupported("an item's elements overrun its length")
+    if end is None and depth > 0:
+        raise _truncated("the file ends inside a sequence item")
+    return position
+
+
+def _sequence(reader: _Reader, position: int, *, implicit: bool, little: bool, depth: int) -> int:
+    if depth >= _MAX_DEPTH:
+        raise Unsupported("sequences nested too deep")
+    endian = "<" if little else ">"
+    while True:
+        header = reader.read(position, 8)
+        if len(header) < 8:
+            raise _truncated("the file ends inside a sequence")
+        group, element, length = struct.unpack(endian + "HHL", header)
+        tag = group << 16 | element
+        if tag == SEQUENCE_DELIMITER:
+            return position + 8
+        if tag != ITEM:
+            raise Unsupported("a sequence holds something other than items")
+        start = position + 8
+        if length == UNDEFINED_LENGTH:
+            position = _walk(
+                reader, start, {}, frozenset(), implicit=implicit, little=little, depth=depth + 1
+            )
+        else:
+            if start + length > reader.size:
+                raise _truncated("the file ends inside a sequence item")
+            position = start + length
+
+
+def _fragments(reader: _Reader, position: int, endian: str) -> int:
+    """Walk encapsulated pixel data fragments up to the sequence delimiter."""
+    while True:
+        header = reader.read(position, 8)
+        if len(header) < 8:
+            raise _truncated("the file ends inside encapsulated pixel data")
+        group, element, length = struct.unpack(endian + "HHL", header)
+        tag = group << 16 | element
+        if tag == SEQUENCE_DELIMITER:
+            return position + 8
+        if tag != ITEM or length == UNDEFINED_LENGTH:
+            raise Unsupported("encapsulated pixel data is malformed")
+        position += 8 + length
+        if position > reader.size:
+            raise _truncated("the file ends inside an encapsulated pixel data fragment")
