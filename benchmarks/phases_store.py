@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/phases_store.py --input '/data/*.dcm' \\
         --dicomweb_url http://127.0.0.1:PORT/dicom-web --output /tmp/out [store options...]
 
-Runs the job in this process (the job's default runner unless ``--runner`` is given) with timers wrapped
+Runs the job in this process (its default runner unless ``--runner`` is given) with timers wrapped
 around the header peek (``_PeekFn.process``), the existence check (``study_sop_uids``) and the
 STOW POSTs (``StowClient._send``), then prints when each phase started and ended and how much
 thread time it used. Nothing in ``transforms/`` is changed: the wrappers are set at run time.
