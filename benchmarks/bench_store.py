@@ -8,7 +8,7 @@ Scenarios (docs/benchmarks.md says why each is fair):
 
 * ``orthanc``: a real Orthanc + DICOMweb plugin. The raw client (files pre-read into memory,
   ``concurrency`` threads, one pooled ``requests.Session``, multipart batches of one study)
-  and the whole pipeline job (``pipelines.store.run`` in this process, DirectRunner) store the
+  and the whole pipeline job (``pipelines.store.run`` in this process, default runner) store the
   same instances into an emptied store, alternately for ``--repeat`` rounds; the medians of
   instances/s and their ratio are reported. Target: pipeline/raw >= 0.9.
 * ``sink``: the same against ``benchmarks/stow_sink.py`` (a separate process that answers at

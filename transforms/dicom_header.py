@@ -173,6 +173,24 @@ def _walk(
     return position
 
 
+def walk_rest(stream: BinaryIO, size: int, position: int, *, implicit: bool, little: bool) -> None:
+    """Walk the top-level elements from ``position`` (the pixel data) to the end of the file."""
+    reader = _Reader(stream, size)
+    _walk(reader, position, {}, frozenset(), implicit=implicit, little=little, scan=HeaderScan(""))
+
+
+def ends_with_sequence_delimiter(stream: BinaryIO, size: int, *, little: bool) -> bool:
+    """Whether the file's last 8 bytes are a Sequence Delimitation Item."""
+    if size < 8:
+        return False
+    stream.seek(size - 8)
+    tail = stream.read(8)
+    if len(tail) < 8:
+        return False
+    group, element, length = struct.unpack(("<" if little else ">") + "HHL", tail)
+    return (group << 16 | element, length) == (SEQUENCE_DELIMITER, 0)
+
+
 def _sequence(reader: _Reader, position: int, *, implicit: bool, little: bool, depth: int) -> int:
     if depth >= _MAX_DEPTH:
         raise Unsupported("sequences nested too deep")

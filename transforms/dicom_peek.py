@@ -1,6 +1,7 @@
 """Look at a DICOM file's header without reading its pixels, and decide if it can be stored.
 
-No Beam here. ``peek_dicom`` reads the header with ``pydicom.dcmread(stop_before_pixels=True)``,
+No Beam here. ``peek_dicom`` walks a Part 10 header with ``dicom_header`` (fast), or reads it
+with ``pydicom.dcmread(stop_before_pixels=True)`` (raw datasets, deflated and unusual files),
 then checks what pydicom does not: that no element claims more bytes than the file has (pydicom
 returns a partial dataset for a truncated file), that the pixel data is complete, and that the
 UIDs a store needs are present and well formed. Errors name the problem, never a value read from
@@ -10,7 +11,6 @@ the file, so no patient data leaks into dead letters or logs.
 from __future__ import annotations
 
 import re
-import struct
 from typing import BinaryIO
 
 import pydicom
@@ -20,7 +20,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 
 from transforms.dead_letter import Reason
-from transforms.dicom_header import Unsupported, scan_part10
+from transforms.dicom_header import (
+    PIXEL_TAGS,
+    UNDEFINED_LENGTH,
+    Unsupported,
+    ends_with_sequence_delimiter,
+    scan_part10,
+    walk_rest,
+)
 from transforms.errors import InvalidInputError
 from transforms.records import DicomFile, InstanceUids
 
@@ -29,12 +36,6 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 # Values larger than this are skipped by seeking, so a header with big non-pixel blobs costs
 # no memory; their lengths are still checked against the file size.
 _DEFER_SIZE = 64 * 1024
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR"}
-_LONG_LENGTH_VRS |= {b"UT", b"UV"}
-_ITEM = (0xFFFE, 0xE000)
-_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
-_SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 
 _UID_TAGS = (0x0020000D, 0x0020000E, 0x00080018, 0x00080016)
 _ROWS = 0x00280010
@@ -189,7 +190,8 @@ def _transfer_syntax(ds: Dataset, is_part10: bool) -> str:
 
 def _check_complete(ds: Dataset, stream: BinaryIO, size: int) -> None:
     """Raise ``truncated`` if an element or the pixel data runs past the end of the file."""
-    for element in ds._dict.values():
+    elements = list(ds._dict.values())
+    for element in elements:
         end = _end_of(element)
         if end is not None and end > size:
             raise InvalidInputError(
@@ -197,16 +199,18 @@ def _check_complete(ds: Dataset, stream: BinaryIO, size: int) -> None:
                 f"the file ends inside element {element.tag} ({size} bytes, {end} needed)",
             )
     position = stream.tell()
-    elements = list(ds._dict.values())
     last = elements[-1] if elements else None
     last_end = _end_of(last)
     implicit, little = (bool(flag) for flag in ds.original_encoding)
-    endian = "<" if little else ">"
     if position < size:
-        end = _check_pixel_data(stream, position, size, implicit=implicit, little=little)
-        if end is not None:
-            _check_elements(stream, end, size, implicit=implicit, endian=endian)
-    elif "Rows" in ds and not any(tag in ds for tag in _PIXEL_TAGS):
+        # pydicom stopped before the pixel data: walk it and whatever follows it.
+        try:
+            walk_rest(stream, size, position, implicit=implicit, little=little)
+        except Unsupported:
+            raise InvalidInputError(
+                Reason.NOT_DICOM, "the pixel data or the elements after it are malformed"
+            ) from None
+    elif "Rows" in ds and not any(tag in ds for tag in PIXEL_TAGS):
         raise InvalidInputError(
             Reason.TRUNCATED, "the header describes an image but the file ends before its pixels"
         )
@@ -215,7 +219,11 @@ def _check_complete(ds: Dataset, stream: BinaryIO, size: int) -> None:
         raise InvalidInputError(
             Reason.TRUNCATED, f"the file ends inside an element header ({size} bytes)"
         )
-    elif last is not None and last_end is None and not _ends_with_delimiter(stream, size, endian):
+    elif (
+        last is not None
+        and last_end is None
+        and not ends_with_sequence_delimiter(stream, size, little=little)
+    ):
         # The last element is a sequence of undefined length: pydicom returns what it could
         # read of a cut sequence, so its delimiter must end the file.
         raise InvalidInputError(Reason.TRUNCATED, "the file ends inside a sequence")
@@ -224,107 +232,9 @@ def _check_complete(ds: Dataset, stream: BinaryIO, size: int) -> None:
 def _end_of(element: object) -> int | None:
     tell = getattr(element, "value_tell", None)
     length = getattr(element, "length", None)
-    if tell is None or length is None or length == _UNDEFINED_LENGTH:
+    if tell is None or length is None or length == UNDEFINED_LENGTH:
         return None
     return int(tell + length)
-
-
-def _check_pixel_data(
-    stream: BinaryIO, position: int, size: int, *, implicit: bool, little: bool
-) -> int | None:
-    """Check the pixel data at ``position``; return where it ends (None when not known)."""
-    endian = "<" if little else ">"
-    stream.seek(position)
-    header = stream.read(12)
-    if len(header) < 8:
-        raise InvalidInputError(Reason.TRUNCATED, "the file ends inside the pixel data header")
-    group, elem = struct.unpack(endian + "HH", header[:4])
-    if group != 0x7FE0:
-        return None  # stopped for another reason; the element checks above apply
-    vr = header[4:6]
-    if implicit or not (vr.isalpha() and vr.isupper()):
-        # Some writers switch to implicit VR for the pixel data; pydicom tolerates it too.
-        (length,) = struct.unpack(endian + "L", header[4:8])
-        start = position + 8
-    elif vr in _LONG_LENGTH_VRS:
-        if len(header) < 12:
-            raise InvalidInputError(Reason.TRUNCATED, "the file ends inside the pixel data header")
-        (length,) = struct.unpack(endian + "L", header[8:12])
-        start = position + 12
-    else:
-        (length,) = struct.unpack(endian + "H", header[6:8])
-        start = position + 8
-    if length != _UNDEFINED_LENGTH:
-        if start + length > size:
-            raise InvalidInputError(
-                Reason.TRUNCATED,
-                f"pixel data needs {length} bytes but the file holds {size - start}",
-            )
-        return start + length
-    return _check_encapsulated(stream, start, size, endian)
-
-
-def _check_encapsulated(stream: BinaryIO, position: int, size: int, endian: str) -> int:
-    """Walk the fragments of encapsulated pixel data up to the sequence delimiter."""
-    while True:
-        stream.seek(position)
-        header = stream.read(8)
-        if len(header) < 8:
-            raise InvalidInputError(
-                Reason.TRUNCATED, "the file ends inside encapsulated pixel data"
-            )
-        group, elem, length = struct.unpack(endian + "HHL", header)
-        if (group, elem) == _SEQUENCE_DELIMITER:
-            return position + 8
-        if (group, elem) != _ITEM or length == _UNDEFINED_LENGTH:
-            raise InvalidInputError(
-                Reason.NOT_DICOM, "encapsulated pixel data is malformed (expected an item)"
-            )
-        position += 8 + length
-        if position > size:
-            raise InvalidInputError(
-                Reason.TRUNCATED, "the file ends inside an encapsulated pixel data fragment"
-            )
-
-
-def _check_elements(
-    stream: BinaryIO, position: int, size: int, *, implicit: bool, endian: str
-) -> None:
-    """Walk the top-level elements after the pixel data: each must fit in the file."""
-    while position < size:
-        stream.seek(position)
-        header = stream.read(12)
-        if len(header) < 8:
-            raise InvalidInputError(Reason.TRUNCATED, "the file ends inside an element header")
-        vr = header[4:6]
-        if implicit or not (vr.isalpha() and vr.isupper()):
-            (length,) = struct.unpack(endian + "L", header[4:8])
-            start = position + 8
-        elif vr in _LONG_LENGTH_VRS:
-            if len(header) < 12:
-                raise InvalidInputError(Reason.TRUNCATED, "the file ends inside an element header")
-            (length,) = struct.unpack(endian + "L", header[8:12])
-            start = position + 12
-        else:
-            (length,) = struct.unpack(endian + "H", header[6:8])
-            start = position + 8
-        if length == _UNDEFINED_LENGTH:
-            if not _ends_with_delimiter(stream, size, endian):
-                raise InvalidInputError(Reason.TRUNCATED, "the file ends inside a sequence")
-            return
-        if start + length > size:
-            raise InvalidInputError(
-                Reason.TRUNCATED, "the file ends inside an element after the pixel data"
-            )
-        position = start + length
-
-
-def _ends_with_delimiter(stream: BinaryIO, size: int, endian: str) -> bool:
-    if size < 8:
-        return False
-    stream.seek(size - 8)
-    tail = stream.read(8)
-    return len(tail) == 8 and struct.unpack(endian + "HHL", tail) == (*_SEQUENCE_DELIMITER, 0)
 
 
 def file_meta_prefix(sop_class_uid: str, sop_uid: str, transfer_syntax: str) -> bytes:
