@@ -51,7 +51,8 @@ def check_store(
             policy=policy,
         )
     except HttpError as exc:
-        raise PreflightError(f"{url} does not answer: {exc.message}") from None
+        detail = f" ({exc.detail})" if exc.detail else ""
+        raise PreflightError(f"{url} does not answer: {exc.message}{detail}") from None
     finally:
         session.close()
     if resp.status in (401, 403):

@@ -31,6 +31,7 @@ class Reason:
     NOT_IN_RESPONSE = "not_in_response"
     HTTP_ERROR = "http_error"
     RETRIES_EXHAUSTED = "retries_exhausted"
+    TLS_ERROR = "tls_error"
     BAD_RESPONSE = "bad_response"
 
 

@@ -146,6 +146,14 @@ def send(
             )
             status, resp_headers, content = resp.status_code, resp.headers, resp.content
             resp.close()
+        except requests.exceptions.SSLError:
+            # A certificate that does not verify will not verify on the next try either.
+            raise HttpError(
+                Reason.TLS_ERROR,
+                "TLS verification failed (certificate not trusted or wrong host name); "
+                "install the CA certificate (REQUESTS_CA_BUNDLE) rather than disabling checks",
+                attempts=attempt,
+            ) from None
         except _RETRYABLE_EXCEPTIONS as exc:
             status, resp_headers, content = None, _NO_HEADERS, b""
             detail = f"{type(exc).__name__} talking to the server"

@@ -449,3 +449,23 @@ def test_retry_policy_accepts_edge_bounds() -> None:
 
 def test_is_retryable() -> None:
     assert {s for s in range(100, 600) if http.is_retryable(s)} == {408, 429, 500, 502, 503, 504}
+
+
+def test_tls_verification_failure_is_not_retried() -> None:
+    class TlsFailingSession:
+        calls = 0
+
+        def request(self, *args: object, **kwargs: object) -> object:
+            TlsFailingSession.calls += 1
+            raise requests.exceptions.SSLError("certificate verify failed")
+
+    with pytest.raises(http.HttpError) as info:
+        http.send(
+            TlsFailingSession(),  # type: ignore[arg-type]
+            "GET",
+            "https://store.example/dicom-web/studies",
+            policy=http.RetryPolicy(max_attempts=5),
+        )
+    assert info.value.reason == "tls_error"
+    assert info.value.attempts == 1
+    assert TlsFailingSession.calls == 1
