@@ -64,6 +64,7 @@ def _write_lines(prefix: str, name: str) -> beam.PTransform:
 
 @dataclass(frozen=True)
 class StoreRun:
+    settings: StoreSettings
     result: PipelineResult
     summary: StoreSummary
 
@@ -90,7 +91,7 @@ def run(argv: Sequence[str] | None = None) -> StoreRun:
     result = pipeline.run()
     result.wait_until_finish()
     summary = StoreSummary.from_result(result, time.monotonic() - start)
-    return StoreRun(result, summary)
+    return StoreRun(settings, result, summary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,8 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, preflight.PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    options = PipelineOptions(list(argv) if argv is not None else None)
-    output = store_settings(options).output
+    output = store_run.settings.output
     print(
         store_run.summary.render(f"{output}/stored-*.jsonl, {output}/dead_letter-*.jsonl"),
         flush=True,

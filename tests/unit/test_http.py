@@ -15,26 +15,13 @@ from typing import Any
 
 import pytest
 import requests
+from fake_clock import FakeClock
 from requests.structures import CaseInsensitiveDict
 
 from transforms import http
 from transforms.errors import HttpError
 
 URL = "http://127.0.0.1:1/dicom-web/studies"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class FakeResponse:

@@ -20,6 +20,7 @@ import factory
 import pydicom
 import pytest
 import requests
+from fake_clock import FakeClock
 
 from transforms.auth import AuthConfig, make_session
 from transforms.dead_letter import DeadLetter
@@ -30,19 +31,6 @@ from transforms.records import DicomFile, StoredInstance, StowBatch
 from transforms.stow_client import StoreReport, StowClient, StowConfig
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05, timeout=(5, 60))
-
-
-class NoSleepClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @dataclass
@@ -115,7 +103,7 @@ def orthanc_sops(orthanc: Any, study: str) -> set[str]:
 def orthanc_client(orthanc: Any) -> tuple[StowClient, CountingSession, DicomwebEndpoint]:
     session = CountingSession()
     endpoint = DicomwebEndpoint(orthanc.dicomweb_url)
-    client = StowClient(session, StowConfig(endpoint, retry=FAST), clock=NoSleepClock())
+    client = StowClient(session, StowConfig(endpoint, retry=FAST), clock=FakeClock())
     return client, session, endpoint
 
 
@@ -516,7 +504,7 @@ def test_persistent_503_is_retries_exhausted(stub: tuple[str, Script], tmp_path:
     url, script = stub
     batch = make_batch(tmp_path, 2, "busy")
     script.answers.extend([(503, "text/plain", b"overloaded")] * FAST.max_attempts)
-    clock = NoSleepClock()
+    clock = FakeClock()
     client = StowClient(
         requests.Session(), StowConfig(DicomwebEndpoint(url), retry=FAST), clock=clock
     )
