@@ -18,12 +18,16 @@ import argparse
 import collections
 import json
 import re
-import socket
 import struct
+import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+# Run as a script from benchmarks/, imported by tests: the shared server base is in tests/fakes.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fakes"))
+from loopback_server import LoopbackHTTPServer  # noqa: E402
 
 _LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV"})
 _STOW_PATH = re.compile(r"^/dicom-web/studies(?:/[^/]+)?/?$")
@@ -282,35 +286,12 @@ class _SinkHandler(BaseHTTPRequestHandler):
         self._reply(status, reason, json.dumps(result).encode(), "application/dicom+json")
 
 
-class _SinkServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _SinkServer(LoopbackHTTPServer):
     request_queue_size = 128
 
     def __init__(self, sink: StowSink, host: str, port: int) -> None:
         self.sink = sink
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
         super().__init__((host, port), _SinkHandler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def close_all(self) -> None:
-        with self._open_lock:
-            for sock in self._open:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            self._open.clear()
 
 
 class StowSink:

@@ -147,14 +147,21 @@ def _walk(
         if depth == 0 and tag in PIXEL_TAGS and scan is not None:
             scan.has_pixels = True
             if length == UNDEFINED_LENGTH:
-                position = _fragments(reader, value_start, endian)
+                position = _items(
+                    reader, value_start, implicit=implicit, little=little, depth=0, fragments=True
+                )
                 continue
         if length == UNDEFINED_LENGTH:
             # A sequence (or UN of undefined length, whose content is implicit VR LE).
             inner_implicit = element_implicit or vr == b"UN"
             inner_little = True if vr == b"UN" else little
-            position = _sequence(
-                reader, value_start, implicit=inner_implicit, little=inner_little, depth=depth
+            position = _items(
+                reader,
+                value_start,
+                implicit=inner_implicit,
+                little=inner_little,
+                depth=depth,
+                fragments=False,
             )
             continue
         value_end = value_start + length
@@ -191,43 +198,31 @@ def ends_with_sequence_delimiter(stream: BinaryIO, size: int, *, little: bool) -
     return (group << 16 | element, length) == (SEQUENCE_DELIMITER, 0)
 
 
-def _sequence(reader: _Reader, position: int, *, implicit: bool, little: bool, depth: int) -> int:
+def _items(
+    reader: _Reader, position: int, *, implicit: bool, little: bool, depth: int, fragments: bool
+) -> int:
+    """Walk items up to the sequence delimiter: a sequence's, or encapsulated pixel data's
+    fragments (which never nest)."""
+    what = "encapsulated pixel data" if fragments else "a sequence"
     if depth >= _MAX_DEPTH:
         raise Unsupported("sequences nested too deep")
     endian = "<" if little else ">"
     while True:
         header = reader.read(position, 8)
         if len(header) < 8:
-            raise _truncated("the file ends inside a sequence")
+            raise _truncated(f"the file ends inside {what}")
         group, element, length = struct.unpack(endian + "HHL", header)
         tag = group << 16 | element
         if tag == SEQUENCE_DELIMITER:
             return position + 8
-        if tag != ITEM:
-            raise Unsupported("a sequence holds something other than items")
+        if tag != ITEM or (fragments and length == UNDEFINED_LENGTH):
+            raise Unsupported(f"{what} is malformed (expected an item)")
         start = position + 8
         if length == UNDEFINED_LENGTH:
             position = _walk(
                 reader, start, {}, frozenset(), implicit=implicit, little=little, depth=depth + 1
             )
+        elif start + length > reader.size:
+            raise _truncated(f"the file ends inside an item of {what}")
         else:
-            if start + length > reader.size:
-                raise _truncated("the file ends inside a sequence item")
             position = start + length
-
-
-def _fragments(reader: _Reader, position: int, endian: str) -> int:
-    """Walk encapsulated pixel data fragments up to the sequence delimiter."""
-    while True:
-        header = reader.read(position, 8)
-        if len(header) < 8:
-            raise _truncated("the file ends inside encapsulated pixel data")
-        group, element, length = struct.unpack(endian + "HHL", header)
-        tag = group << 16 | element
-        if tag == SEQUENCE_DELIMITER:
-            return position + 8
-        if tag != ITEM or length == UNDEFINED_LENGTH:
-            raise Unsupported("encapsulated pixel data is malformed")
-        position += 8 + length
-        if position > reader.size:
-            raise _truncated("the file ends inside an encapsulated pixel data fragment")

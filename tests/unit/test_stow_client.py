@@ -418,7 +418,12 @@ def test_google_error_body_reaches_the_dead_letter(
 
 @dataclass
 class Script:
-    """What the stub answers to each STOW POST, in order; searches always find nothing."""
+    """What the stub answers to each STOW POST, in order; searches always find nothing.
+
+    Only for answers no real server here gives: Orthanc names every instance it is sent (even
+    one of another study: 409, FailedSOPSequence), never garbles a 2xx body, and a 503 that
+    never clears is what the fault proxy in tests/integration shows end to end.
+    """
 
     answers: list[tuple[int, str, bytes]] = field(default_factory=list)
     posts: int = 0
