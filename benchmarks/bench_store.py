@@ -58,7 +58,7 @@ from requests.adapters import HTTPAdapter  # noqa: E402
 from pipelines.local_orthanc import ORTHANC_BINARY, LocalOrthanc, orthanc_available  # noqa: E402
 from pipelines.store import run as run_store  # noqa: E402
 from tests.factory import write_ct_instances  # noqa: E402
-from transforms.dicom_peek import peek_dicom  # noqa: E402
+from transforms.dicom.peek import peek_dicom  # noqa: E402
 
 SCENARIOS = ("orthanc", "sink", "memory")
 # What the job uses when no --runner is given (see pipelines.store.run).
@@ -190,7 +190,7 @@ def write_big_instance(path: Path, rows: int = BIG_ROWS, columns: int = BIG_COLU
     with open(path, "rb") as stream:
         peeked = peek_dicom(stream, path=str(path), size=size)
     if peeked.uids.sop != ds.SOPInstanceUID:
-        raise BenchError("transforms.dicom_peek.peek_dicom does not accept the big instance")
+        raise BenchError("transforms.dicom.peek.peek_dicom does not accept the big instance")
     return size
 
 

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import transforms.dicomweb.stow as stow_client  # noqa: E402
 import transforms.read_dicom as read_dicom  # noqa: E402
-import transforms.stow_client as stow_client  # noqa: E402
 from pipelines.store import run  # noqa: E402
 
 _T0 = time.perf_counter()

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from transforms import http
-from transforms.auth import AUTH_KINDS, AuthConfig
-from transforms.endpoint import DicomwebEndpoint
+from transforms.dicomweb import http
+from transforms.dicomweb.auth import AUTH_KINDS, AuthConfig
+from transforms.dicomweb.endpoint import DicomwebEndpoint
+from transforms.dicomweb.stow import ON_EXISTS_CHOICES, STORAGE_CLASSES, StowConfig
 from transforms.stow import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_CONCURRENCY
-from transforms.stow_client import ON_EXISTS_CHOICES, STORAGE_CLASSES, StowConfig
 
 
 def positive_int(text: str) -> int:

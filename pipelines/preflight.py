@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable
 import requests
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import http
-from transforms.auth import AuthConfig, make_session
-from transforms.endpoint import DicomwebEndpoint
+from transforms.dicomweb import http
+from transforms.dicomweb.auth import AuthConfig, make_session
+from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.errors import HttpError
 
 

@@ -1,19 +1,45 @@
 """dicomweb-beam: PTransforms for DICOMweb stores, and the Beam-free code under them.
 
+Layout:
+
+- ``transforms.dicomweb``: the DICOMweb client (endpoint, auth, retrying HTTP, multipart, STOW and
+  QIDO clients, response parsing). No Beam: usable from any script.
+- ``transforms.dicom``: Part 10 files (header walk, validation). No Beam.
+- ``transforms.records``, ``transforms.dead_letter``, ``transforms.errors``: the element types, the
+  one dead-letter shape, and the errors of the Beam-free layers. No Beam.
+- ``transforms.read_dicom``, ``transforms.stow``, ...: the PTransforms, one module per family.
+
 Public API (import from the modules, or from here):
 
     from transforms import ReadDicomFiles, WriteToDicomStore, StowConfig, DicomwebEndpoint
+
+The re-exports are lazy (PEP 562 ``__getattr__``): importing ``transforms.dicomweb.http`` must not
+pay for Apache Beam (several seconds), so nothing here is imported until it is asked for.
 """
 
-from transforms.auth import AuthConfig
-from transforms.dead_letter import DeadLetter, Reason
-from transforms.endpoint import DicomwebEndpoint
-from transforms.http import RetryPolicy
-from transforms.read_dicom import ReadAllDicomFiles, ReadDicomFiles
-from transforms.records import DicomFile, InstanceUids, StoredInstance, StowBatch
-from transforms.results import ReadResult, StoreResult
-from transforms.stow import WriteToDicomStore
-from transforms.stow_client import StowConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "AuthConfig": "transforms.dicomweb.auth",
+    "DeadLetter": "transforms.dead_letter",
+    "DicomFile": "transforms.records",
+    "DicomwebEndpoint": "transforms.dicomweb.endpoint",
+    "InstanceUids": "transforms.records",
+    "ReadAllDicomFiles": "transforms.read_dicom",
+    "ReadDicomFiles": "transforms.read_dicom",
+    "ReadResult": "transforms.results",
+    "Reason": "transforms.dead_letter",
+    "RetryPolicy": "transforms.dicomweb.http",
+    "StoreResult": "transforms.results",
+    "StoredInstance": "transforms.records",
+    "StowBatch": "transforms.records",
+    "StowConfig": "transforms.dicomweb.stow",
+    "WriteToDicomStore": "transforms.stow",
+}
 
 __all__ = [
     "AuthConfig",
@@ -32,3 +58,27 @@ __all__ = [
     "StowConfig",
     "WriteToDicomStore",
 ]
+
+if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
+    from transforms.dead_letter import DeadLetter, Reason
+    from transforms.dicomweb.auth import AuthConfig
+    from transforms.dicomweb.endpoint import DicomwebEndpoint
+    from transforms.dicomweb.http import RetryPolicy
+    from transforms.dicomweb.stow import StowConfig
+    from transforms.read_dicom import ReadAllDicomFiles, ReadDicomFiles
+    from transforms.records import DicomFile, InstanceUids, StoredInstance, StowBatch
+    from transforms.results import ReadResult, StoreResult
+    from transforms.stow import WriteToDicomStore
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'transforms' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -20,7 +20,7 @@ from apache_beam.io.filesystem import FileMetadata
 
 from transforms import metrics
 from transforms.dead_letter import DeadLetter, Reason, Stage
-from transforms.dicom_peek import peek_dicom
+from transforms.dicom.peek import peek_dicom
 from transforms.errors import InvalidInputError
 from transforms.files import open_source
 from transforms.results import ReadResult

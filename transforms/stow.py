@@ -24,15 +24,16 @@ from apache_beam.transforms.window import BoundedWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms import concurrency, metrics, progress
-from transforms.auth import AuthConfig, make_session
-from transforms.batching import plan_study
+from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter
-from transforms.endpoint import DicomwebEndpoint
+from transforms.dicomweb import concurrency
+from transforms.dicomweb.auth import AuthConfig, make_session
+from transforms.dicomweb.batching import plan_study
+from transforms.dicomweb.endpoint import DicomwebEndpoint
+from transforms.dicomweb.stow import StoreReport, StowClient, StowConfig
 from transforms.files import open_source
 from transforms.records import STATUS_STORED, DicomFile, StoredInstance, StowBatch
 from transforms.results import StoreResult
-from transforms.stow_client import StoreReport, StowClient, StowConfig
 
 FAILED_TAG = "failed"
 DEFAULT_BATCH_SIZE = 50

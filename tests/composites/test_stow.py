@@ -13,10 +13,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.local_orthanc import LocalOrthanc
 from transforms import metrics
-from transforms.endpoint import DicomwebEndpoint
+from transforms.dicomweb.endpoint import DicomwebEndpoint
+from transforms.dicomweb.stow import StowConfig
 from transforms.read_dicom import ReadDicomFiles
 from transforms.stow import WriteToDicomStore
-from transforms.stow_client import StowConfig
 
 
 def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:

@@ -13,11 +13,12 @@ from apache_beam.testing.util import assert_that, equal_to
 from fault_proxy import FaultPlan, FaultProxy
 
 from pipelines.local_orthanc import LocalOrthanc
-from transforms import http, metrics
-from transforms.endpoint import DicomwebEndpoint
+from transforms import metrics
+from transforms.dicomweb import http
+from transforms.dicomweb.endpoint import DicomwebEndpoint
+from transforms.dicomweb.stow import StowConfig
 from transforms.read_dicom import ReadDicomFiles
 from transforms.stow import WriteToDicomStore
-from transforms.stow_client import StowConfig
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from transforms.auth import (
+from transforms.dicomweb.auth import (
     USER_AGENT,
     AuthConfig,
     BearerAuth,

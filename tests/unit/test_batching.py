@@ -8,8 +8,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from transforms.batching import plan_study
 from transforms.dead_letter import DeadLetter
+from transforms.dicomweb.batching import plan_study
 from transforms.records import DicomFile, InstanceUids, StowBatch
 
 STUDY = "1.2.3"

@@ -9,8 +9,8 @@ from pathlib import Path
 import factory
 import pytest
 
-from transforms import dicom_peek
-from transforms.dicom_header import Unsupported, scan_part10
+from transforms.dicom import peek as dicom_peek
+from transforms.dicom.header import Unsupported, scan_part10
 from transforms.errors import InvalidInputError
 
 

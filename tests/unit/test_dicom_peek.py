@@ -13,7 +13,7 @@ import pytest
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-from transforms.dicom_peek import check_uid, file_meta_prefix, peek_dicom
+from transforms.dicom.peek import check_uid, file_meta_prefix, peek_dicom
 from transforms.errors import InvalidInputError
 from transforms.records import DicomFile, InstanceUids
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transforms.endpoint import GOOGLE_API_ROOT, DicomwebEndpoint
+from transforms.dicomweb.endpoint import GOOGLE_API_ROOT, DicomwebEndpoint
 
 GOOGLE_PATH = "projects/p-1/locations/us-central1/datasets/ds.1/dicomStores/store_1/dicomWeb"
 

@@ -18,7 +18,7 @@ import requests
 from fake_clock import FakeClock
 from requests.structures import CaseInsensitiveDict
 
-from transforms import http
+from transforms.dicomweb import http
 from transforms.errors import HttpError
 
 URL = "http://127.0.0.1:1/dicom-web/studies"

@@ -16,14 +16,14 @@ import factory
 import pytest
 import requests
 
-from transforms.errors import SourceChangedError
-from transforms.multipart import (
+from transforms.dicomweb.multipart import (
     FileSegment,
     Part,
     StreamingBody,
     multipart_related,
     new_boundary,
 )
+from transforms.errors import SourceChangedError
 
 BOUNDARY = "dicomweb-beam-0123456789abcdef"
 

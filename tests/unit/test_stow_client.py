@@ -22,13 +22,13 @@ import pytest
 import requests
 from fake_clock import FakeClock
 
-from transforms.auth import AuthConfig, make_session
 from transforms.dead_letter import DeadLetter
-from transforms.dicom_peek import peek_dicom
-from transforms.endpoint import DicomwebEndpoint
-from transforms.http import RetryPolicy
+from transforms.dicom.peek import peek_dicom
+from transforms.dicomweb.auth import AuthConfig, make_session
+from transforms.dicomweb.endpoint import DicomwebEndpoint
+from transforms.dicomweb.http import RetryPolicy
+from transforms.dicomweb.stow import StoreReport, StowClient, StowConfig
 from transforms.records import DicomFile, StoredInstance, StowBatch
-from transforms.stow_client import StoreReport, StowClient, StowConfig
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05, timeout=(5, 60))
 

@@ -10,8 +10,8 @@ import pydicom
 import pytest
 import requests
 
-from transforms.multipart import Part, multipart_related, new_boundary
-from transforms.stow_response import (
+from transforms.dicomweb.multipart import Part, multipart_related, new_boundary
+from transforms.dicomweb.stow_response import (
     BadStowResponse,
     InstanceResult,
     StowResponse,

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 
 from transforms.dead_letter import Reason
-from transforms.dicom_header import (
+from transforms.dicom.header import (
     PIXEL_TAGS,
     UNDEFINED_LENGTH,
     Unsupported,

@@ -12,9 +12,9 @@ from typing import Any
 
 import requests
 
-from transforms import http
 from transforms.dead_letter import Reason
-from transforms.endpoint import DicomwebEndpoint
+from transforms.dicomweb import http
+from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.errors import HttpError
 
 SOP_INSTANCE_UID_TAG = "00080018"

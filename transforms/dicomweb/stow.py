@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 
 import requests
 
-from transforms import http
 from transforms.dead_letter import DeadLetter, Reason, Stage, shorten
-from transforms.endpoint import DicomwebEndpoint
-from transforms.errors import HttpError, SourceChangedError
-from transforms.multipart import (
+from transforms.dicomweb import http
+from transforms.dicomweb.endpoint import DicomwebEndpoint
+from transforms.dicomweb.multipart import (
     FileSegment,
     Opener,
     Part,
@@ -36,6 +35,9 @@ from transforms.multipart import (
     multipart_related,
     new_boundary,
 )
+from transforms.dicomweb.qido import study_sop_uids
+from transforms.dicomweb.stow_response import BadStowResponse, InstanceResult, parse_stow_response
+from transforms.errors import HttpError, SourceChangedError
 from transforms.records import (
     STATUS_ALREADY_PRESENT,
     STATUS_STORED,
@@ -43,8 +45,6 @@ from transforms.records import (
     StoredInstance,
     StowBatch,
 )
-from transforms.search_client import study_sop_uids
-from transforms.stow_response import BadStowResponse, InstanceResult, parse_stow_response
 
 STORAGE_CLASSES = ("STANDARD", "NEARLINE", "COLDLINE", "ARCHIVE")
 ON_EXISTS_CHOICES = ("skip", "fail")
