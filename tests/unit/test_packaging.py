@@ -49,8 +49,14 @@ def test_transforms_never_import_pipelines() -> None:
 
 
 # Modules that must load without Apache Beam: the two client packages and the shared core.
-BEAM_FREE_TOP_LEVEL = ["transforms", "transforms.records", "transforms.dead_letter",
-                       "transforms.errors", "transforms.progress"]  # fmt: skip
+BEAM_FREE_TOP_LEVEL = [
+    "transforms",
+    "transforms.records",
+    "transforms.dead_letter",
+    "transforms.targets",
+    "transforms.errors",
+    "transforms.progress",
+]
 
 
 def beam_free_modules() -> list[str]:

@@ -1,6 +1,6 @@
 """Look at a DICOM file's header without reading its pixels, and decide if it can be stored.
 
-No Beam here. ``peek_dicom`` walks a Part 10 header with ``dicom_header`` (fast), or reads it
+No Beam here. ``peek_dicom`` walks a Part 10 header with ``header`` (fast), or reads it
 with ``pydicom.dcmread(stop_before_pixels=True)`` (raw datasets, deflated and unusual files),
 then checks what pydicom does not: that no element claims more bytes than the file has (pydicom
 returns a partial dataset for a truncated file), that the pixel data is complete, and that the
@@ -10,7 +10,6 @@ the file, so no patient data leaks into dead letters or logs.
 
 from __future__ import annotations
 
-import re
 from typing import BinaryIO
 
 import pydicom
@@ -28,11 +27,10 @@ from transforms.dicom.header import (
     scan_part10,
     walk_rest,
 )
+from transforms.dicom.uid import check_uid
 from transforms.errors import InvalidInputError
 from transforms.records import DicomFile, InstanceUids
 
-MAX_UID_LENGTH = 64
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 # Values larger than this are skipped by seeking, so a header with big non-pixel blobs costs
 # no memory; their lengths are still checked against the file size.
 _DEFER_SIZE = 64 * 1024
@@ -46,22 +44,6 @@ _REQUIRED_UIDS = (
     ("SOPInstanceUID", "(0008,0018)"),
     ("SOPClassUID", "(0008,0016)"),
 )
-
-
-def check_uid(value: object, name: str) -> str:
-    """The UID as a string, or ``InvalidInputError`` saying what is wrong with it."""
-    if value is None or value == "":
-        raise InvalidInputError(Reason.MISSING_UID, f"{name} is missing")
-    text = str(value)
-    if not isinstance(value, str) or not _UID.fullmatch(text):
-        raise InvalidInputError(
-            Reason.INVALID_UID, f"{name} is not made of digits and dots (PS3.5 9.1)"
-        )
-    if len(text) > MAX_UID_LENGTH:
-        raise InvalidInputError(
-            Reason.INVALID_UID, f"{name} is {len(text)} characters long; at most 64 are allowed"
-        )
-    return text
 
 
 def peek_dicom(stream: BinaryIO, *, path: str, size: int) -> DicomFile:
