@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     install()
     start = time.perf_counter() - _T0
     store_run = run(args)
+    assert store_run is not None, "--help is not a benchmark"
     end = time.perf_counter() - _T0
     s = store_run.summary
     print(f"job: {end - start:.3f} s wall, stored {s.stored}, failed {s.failed}")

@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
-from pipelines.options import StoreSettings, store_settings
+from pipelines.cli import JobSpec, parse_options
+from pipelines.options import DicomwebOptions, StoreOptions, StoreSettings, store_settings
 from pipelines.summary import StoreSummary
 from transforms.read_dicom import ReadDicomFiles
 from transforms.results import StoreResult
@@ -31,6 +32,16 @@ from transforms.stow import WriteToDicomStore
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_DEAD_LETTERS = 3
+
+SPEC = JobSpec(
+    module="pipelines.store",
+    description=(
+        "Store DICOM files (local or gs:// globs) into a DICOMweb store with STOW-RS.\n"
+        "Writes OUTPUT/stored-*.jsonl and OUTPUT/dead_letter-*.jsonl, prints a summary, and exits\n"
+        "0 (every input in the store), 3 (some dead letters) or 2 (bad options or preflight)."
+    ),
+    option_classes=(StoreOptions, DicomwebOptions),
+)
 
 
 def build(pipeline: beam.Pipeline, settings: StoreSettings) -> StoreResult:
@@ -73,9 +84,14 @@ class StoreRun:
         return EXIT_OK if self.summary.failed == 0 else EXIT_DEAD_LETTERS
 
 
-def run(argv: Sequence[str] | None = None) -> StoreRun:
-    """Validate, preflight, run to completion and summarise. Raises ValueError/PreflightError."""
-    options = PipelineOptions(list(argv) if argv is not None else None)
+def run(argv: Sequence[str] | None = None) -> StoreRun | None:
+    """Validate, preflight, run to completion and summarise; None when --help was printed.
+
+    Raises ValueError (UsageError among them) or PreflightError.
+    """
+    options = parse_options(argv, SPEC)
+    if options is None:
+        return None
     settings = store_settings(options)
     if options.view_as(StandardOptions).runner is None:
         # Beam's DirectRunner first tries to download and start the Prism runner; run in
@@ -102,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, preflight.PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if store_run is None:
+        return EXIT_OK
     output = store_run.settings.output
     print(
         store_run.summary.render(f"{output}/stored-*.jsonl, {output}/dead_letter-*.jsonl"),
