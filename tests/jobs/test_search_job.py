@@ -181,7 +181,10 @@ def test_hundreds_of_queries_from_a_csv_file_with_a_csv_output(
 
 
 def test_a_page_failing_mid_search_drops_the_whole_query(
-    stored: LocalOrthanc, corpus: search_data.Corpus, tmp_path: Path
+    stored: LocalOrthanc,
+    corpus: search_data.Corpus,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     names = ["DOE^*", "*", "SMITH*", "MILLER*", "*^*", "NOBODY", "D*", "*A*"] * 3
     path = _write_jsonl(tmp_path / "q.jsonl", [{"PatientName": n} for n in names])
@@ -197,6 +200,9 @@ def test_a_page_failing_mid_search_drops_the_whole_query(
     assert all(d["http_status"] == 503 and d["stage"] == "search" for d in letters)
     found = _by_query(_rows(tmp_path / "once"), "instances")
     assert failed and not failed & set(found)  # no match of a failed query is written
+    summary = capsys.readouterr().out
+    assert f"failed queries   {len(failed):>10,}" in summary
+    assert f"    retries_exhausted     {len(failed):>8,}" in summary
     for line, pattern in enumerate(names, 1):
         if line not in failed:  # every other query is complete
             expected = corpus.uids("instances", lambda ds, p=pattern: _glob(p, _name(ds)))
