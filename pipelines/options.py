@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
@@ -174,3 +175,20 @@ def _expand_directory(pattern: str) -> str:
     if "://" not in pattern and os.path.isdir(pattern):
         return os.path.join(pattern, "**")
     return pattern
+
+
+# --- search (QIDO-RS) -------------------------------------------------------------------------
+
+
+def add_shared_option(group: Any, *names: str, **kwargs: Any) -> None:
+    """Declare an option several jobs share (``--output``, ``--max_concurrency``) unless an
+    option class already did.
+
+    Beam parses every ``PipelineOptions`` subclass ever imported in one parser, so two jobs'
+    classes declaring ``--output`` collide (argparse: "conflicting option string") as soon as
+    both modules are loaded, e.g. in tests. Declarations must agree on ``dest``, type and default.
+    """
+    known = group._option_string_actions  # noqa: SLF001 - shared by a parser and its groups
+    if any(name in known for name in names):
+        return
+    group.add_argument(*names, **kwargs)

@@ -33,12 +33,17 @@ class Reason:
     RETRIES_EXHAUSTED = "retries_exhausted"
     TLS_ERROR = "tls_error"
     BAD_RESPONSE = "bad_response"
+    # search (QIDO-RS)
+    TOO_MANY_MATCHES = "too_many_matches"  # past the server's offset cap, nothing to split on
+    BAD_QUERY = "bad_query"  # a line of --queries that is not a query
+    UNEXPECTED = "unexpected_error"  # a bug or an unforeseen answer, caught at the boundary
 
 
 class Stage:
     READ = "read"
     VALIDATE = "validate"
     STORE = "store"
+    SEARCH = "search"  # search (QIDO-RS)
 
 
 def utc_now() -> str:

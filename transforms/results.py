@@ -18,3 +18,13 @@ class ReadResult(NamedTuple):
 class StoreResult(NamedTuple):
     stored: beam.PCollection  # StoredInstance (stored now or already present)
     failed: beam.PCollection  # DeadLetter
+
+
+class SearchResult(NamedTuple):
+    matches: beam.PCollection  # SearchMatch (only of queries answered completely)
+    failed: beam.PCollection  # DeadLetter: one per failed query
+
+
+class QueriesResult(NamedTuple):
+    queries: beam.PCollection  # SearchQuery
+    failed: beam.PCollection  # DeadLetter: lines of a queries file that are not queries
