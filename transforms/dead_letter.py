@@ -33,12 +33,22 @@ class Reason:
     RETRIES_EXHAUSTED = "retries_exhausted"
     TLS_ERROR = "tls_error"
     BAD_RESPONSE = "bad_response"
+    # delete family (transforms/delete.py, transforms/dicomweb/delete.py)
+    DELETE_UNSUPPORTED = "delete_unsupported"
+    OPERATION_FAILED = "operation_failed"
+    OPERATION_TIMEOUT = "operation_timeout"
+    STILL_PRESENT = "still_present"
+    AMBIGUOUS_TARGET = "ambiguous_target"
 
 
 class Stage:
     READ = "read"
     VALIDATE = "validate"
     STORE = "store"
+    # delete family
+    PLAN = "plan"
+    DELETE = "delete"
+    VERIFY = "verify"
 
 
 def utc_now() -> str:

@@ -18,3 +18,14 @@ class ReadResult(NamedTuple):
 class StoreResult(NamedTuple):
     stored: beam.PCollection  # StoredInstance (stored now or already present)
     failed: beam.PCollection  # DeadLetter
+
+
+# delete family
+class PlanResult(NamedTuple):
+    planned: beam.PCollection  # PlannedDelete (to delete, or already absent)
+    failed: beam.PCollection  # DeadLetter
+
+
+class DeleteResult(NamedTuple):
+    deleted: beam.PCollection  # DeletedTarget (deleted now, or already absent)
+    failed: beam.PCollection  # DeadLetter
