@@ -39,6 +39,7 @@ class Reason:
     OPERATION_TIMEOUT = "operation_timeout"
     STILL_PRESENT = "still_present"
     AMBIGUOUS_TARGET = "ambiguous_target"
+    UNEXPECTED_ERROR = "unexpected_error"
 
 
 class Stage:
