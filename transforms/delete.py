@@ -36,7 +36,7 @@ from transforms.dicomweb.delete import (
     DeleteClient,
     DeleteConfig,
     DeleteReport,
-    PlanReport,
+    GroupPlanReport,
     Tally,
     target_of,
     target_url,
@@ -57,7 +57,7 @@ DEFAULT_MAX_CONCURRENCY = 8
 DEFAULT_MAX_OPERATIONS = 4
 
 SessionFactory = Callable[[], requests.Session]
-Report = PlanReport | DeleteReport
+Report = GroupPlanReport | DeleteReport
 
 
 @dataclass
@@ -201,19 +201,23 @@ def _unexpected_letter(
 
 
 class _PlanFn(_PooledFn):
+    """Plans a group of targets: the instances of one series, or one study or series."""
+
     def _work(
         self, shared: _Shared, element: Any
     ) -> tuple[concurrent.futures.ThreadPoolExecutor, Callable[[Any], Report]]:
-        return shared.requests_pool, shared.client.plan
+        return shared.requests_pool, shared.client.plan_group
 
     def _emit(self, report: Report) -> Iterable[tuple[bool, object]]:
-        outcome = report.outcome
-        if isinstance(outcome, PlannedDelete):
-            metrics.inc(metrics.TARGETS_PLANNED)
-        return [(isinstance(outcome, DeadLetter), outcome)]
+        assert isinstance(report, GroupPlanReport)
+        for outcome in report.outcomes:
+            if isinstance(outcome, PlannedDelete):
+                metrics.inc(metrics.TARGETS_PLANNED)
+            yield isinstance(outcome, DeadLetter), outcome
 
     def _unexpected(self, element: Any, exc: Exception) -> Report:
-        return PlanReport(_unexpected_letter(self._config, element, Stage.PLAN, exc), Tally())
+        letters = [_unexpected_letter(self._config, t, Stage.PLAN, exc) for t in element]
+        return GroupPlanReport(list(letters), Tally())
 
 
 class _DeleteFn(_PooledFn):
@@ -231,6 +235,7 @@ class _DeleteFn(_PooledFn):
         return pool, shared.client.delete
 
     def _emit(self, report: Report) -> Iterable[tuple[bool, object]]:
+        assert isinstance(report, DeleteReport)
         outcome = report.outcome
         if isinstance(outcome, DeletedTarget):
             if outcome.status == STATUS_DELETED:
@@ -248,12 +253,16 @@ class _DeleteFn(_PooledFn):
         return DeleteReport(_unexpected_letter(self._config, target, Stage.DELETE, exc), Tally())
 
 
-def _key(target: Target) -> tuple[str, Target]:
-    return target.key, target
+def _group_key(target: Target) -> tuple[str, Target]:
+    """Instances are planned together per series; studies and series alone."""
+    if target.level == INSTANCES:
+        return f"instances-of:{target.study}/{target.series}", target
+    return f"{target.level}:{target.key}", target
 
 
-def _first(targets: Iterable[Target]) -> Target:
-    return next(iter(targets))
+def _unique(group: tuple[str, Iterable[Target]]) -> list[Target]:
+    """The group's targets, a target given twice once, in a stable order."""
+    return sorted({t.key: t for t in group[1]}.values())
 
 
 class _Pooled(beam.PTransform):
@@ -301,8 +310,10 @@ class _Pooled(beam.PTransform):
 class PlanDeletes(_Pooled):
     """``Target`` PCollection -> ``PlanResult(planned, failed)``.
 
-    Duplicate targets (same UIDs) become one. Each is searched (QIDO) once: absent ->
+    Duplicate targets (same UIDs) become one. Each is searched (QIDO): absent ->
     ``already_absent``; present -> ``to_delete`` with how many instances the store says it holds.
+    Instances of one series are planned together: their series is listed once when that takes
+    fewer requests than a search per instance.
 
     Args:
       config: endpoint, retries (the rest of ``DeleteConfig`` is not used here).
@@ -312,13 +323,13 @@ class PlanDeletes(_Pooled):
     """
 
     def expand(self, targets: beam.PCollection) -> PlanResult:
-        unique = (
+        groups = (
             targets
-            | "KeyByUids" >> beam.Map(_key)
-            | "OnePerTarget" >> beam.CombinePerKey(_first)
-            | "Targets" >> beam.Values()
+            | "KeyBySeries" >> beam.Map(_group_key)
+            | "GroupBySeries" >> beam.GroupByKey()
+            | "OnePerTarget" >> beam.Map(_unique)
         )
-        searched = unique | "SearchTargets" >> beam.ParDo(self._fn(_PlanFn)).with_outputs(
+        searched = groups | "SearchTargets" >> beam.ParDo(self._fn(_PlanFn)).with_outputs(
             FAILED_TAG, main="planned"
         )
         return PlanResult(planned=searched.planned, failed=searched[FAILED_TAG])

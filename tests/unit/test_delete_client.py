@@ -28,6 +28,7 @@ from transforms.dicomweb.delete import (
     DeleteConfig,
     after_refusal,
     classify_answer,
+    list_series,
     operation_name,
     operation_url,
     parse_operation,
@@ -312,3 +313,32 @@ def test_already_absent_in_the_plan_sends_nothing(standin: GoogleOperationsStand
     out = client.delete(planned).outcome
     assert isinstance(out, DeletedTarget) and out.status == "already_absent"
     assert standin.requests == []
+
+
+def test_list_series_when_it_takes_fewer_requests() -> None:
+    assert not list_series(None, 50, 1000)  # size unknown: search each
+    assert not list_series(5000, 1, 1000)
+    assert list_series(100, 2, 1000)  # one page instead of two searches
+    assert not list_series(5000, 5, 1000)  # five pages, five searches: equal, search
+    assert list_series(5000, 6, 1000)
+
+
+def test_instances_of_one_series_are_planned_with_one_listing(
+    standin: GoogleOperationsStandin, instances: list[Target]
+) -> None:
+    client = _client(standin, FakeClock())
+    gone = Target(instances[0].study, instances[0].series, factory.uid("gone-sop"))
+    report = client.plan_group([instances[0], instances[1], gone])
+    assert [(o.status, o.instances) for o in report.outcomes] == [  # type: ignore[union-attr]
+        ("to_delete", 1),
+        ("to_delete", 1),
+        ("already_absent", None),
+    ]
+    searches = [r for r in standin.requests if r.method == "GET"]
+    assert len(searches) == 2  # the series' size, then its instances
+    assert report.tally.requests == 2
+    absent_series = Target(instances[0].study, factory.uid("no-series"), factory.uid("x"))
+    absent = client.plan_group(
+        [absent_series, Target(absent_series.study, absent_series.series, "1.2")]
+    )
+    assert {o.status for o in absent.outcomes} == {"already_absent"}  # type: ignore[union-attr]
