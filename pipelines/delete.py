@@ -4,6 +4,15 @@
         --dicomweb_url http://127.0.0.1:8042/dicom-web --delete_api orthanc \\
         --output /tmp/del1 --yes
 
+    python -m pipelines.delete --level series --filter Modality=SR --filter StudyDate=2019 \\
+        --dicomweb_url ... --output /tmp/del2 --plan_only
+
+Selection: ``--uids_file`` (lines ``study[/series[/instance]]`` or ``pipelines.search`` results;
+``--level`` cuts each down), or the search options of ``pipelines.search`` (``--level``,
+``--study``, ``--series``, ``--filter``, ``--queries``, ...: what the search finds at ``--level``
+is deleted), or ``--all`` (every study; with ``--level``, every series or instance). Without any
+of them the job refuses to run.
+
 Two phases, each a Beam pipeline:
 
 1. **Plan**: every selected target (duplicates merged) is searched once; ``OUTPUT/plan-*.jsonl``
@@ -23,7 +32,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -33,15 +42,23 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines import preflight
 from pipelines.cli import JobSpec, UsageError, parse_options
 from pipelines.options import DeleteOptions, DicomwebOptions, auth_from, endpoint_from, retry_from
+from pipelines.selection import (
+    Selection,
+    SelectionOptions,
+    SelectQueries,
+    search_config,
+    selection_from,
+)
 from pipelines.summary import DeleteSummary, counter_values
 from transforms import metrics
+from transforms.dead_letter import DeadLetter, Reason, Stage
 from transforms.delete import DeleteFromDicomStore, PlanDeletes
-from transforms.dicomweb.auth import AuthConfig, make_session
+from transforms.dicomweb.auth import AuthConfig
 from transforms.dicomweb.delete import DeleteConfig
 from transforms.dicomweb.endpoint import DicomwebEndpoint
-from transforms.dicomweb.qido import iter_qido
-from transforms.errors import HttpError, InvalidInputError
-from transforms.records import PLAN_TO_DELETE, PlannedDelete
+from transforms.errors import InvalidInputError
+from transforms.records import PLAN_TO_DELETE, PlannedDelete, SearchMatch
+from transforms.search import SearchDicomStore
 from transforms.targets import STUDIES, Target, parse_level, parse_target_line
 
 EXIT_OK = 0
@@ -58,7 +75,7 @@ SPEC = JobSpec(
         "OUTPUT/dead_letter-*.jsonl, prints a summary, and exits 0 (every target gone),\n"
         "3 (some dead letters) or 2 (bad options, preflight, or a refusal)."
     ),
-    option_classes=(DeleteOptions, DicomwebOptions),
+    option_classes=(DeleteOptions, SelectionOptions, DicomwebOptions),
 )
 
 
@@ -71,7 +88,7 @@ class DeleteSettings:
     auth: AuthConfig
     uids_file: str | None
     level: str | None
-    delete_all: bool
+    selection: Selection | None  # a search (its options, or --all); None with --uids_file
     plan_only: bool
     max_targets: int
     max_concurrency: int
@@ -83,21 +100,34 @@ def delete_settings(options: PipelineOptions) -> DeleteSettings:
     """Validate the options of a delete run; raises ValueError with a message for the user."""
     web = options.view_as(DicomwebOptions)
     opts = options.view_as(DeleteOptions)
+    select = options.view_as(SelectionOptions)
     if not opts.output:
         raise UsageError("--output is required (a prefix for the plan, results and dead letters)")
-    if opts.uids_file and opts.delete_all:
-        raise UsageError("give either a selection (--uids_file) or --all, not both")
-    if not opts.uids_file and not opts.delete_all:
-        raise UsageError("nothing selected: give --uids_file; deleting the whole store needs --all")
+    searching = bool(select.filter or select.study or select.series or select.queries)
+    chosen = [
+        name
+        for name, given in (
+            ("--uids_file", opts.uids_file),
+            ("search options", searching),
+            ("--all", opts.delete_all),
+        )
+        if given
+    ]
+    if len(chosen) > 1:
+        raise UsageError(f"give one selection, not {' and '.join(chosen)}")
+    if not chosen:
+        raise UsageError(
+            "nothing selected: give --uids_file or search options (--filter, --study, --series, "
+            "--queries); deleting the whole store needs --all"
+        )
     if not opts.plan_only and not opts.yes:
         raise UsageError(
             "deleting needs --yes (or --plan_only to write the plan and delete nothing)"
         )
     if opts.operation_timeout <= 0:
         raise UsageError("--operation_timeout must be positive")
-    level = parse_level(opts.level) if opts.level else None
-    if opts.delete_all and level not in (None, STUDIES):
-        raise UsageError("--all deletes whole studies; --level must be studies (or absent)")
+    level = parse_level(select.level) if select.level else None
+    selection = None if opts.uids_file else selection_from(options, default_level=STUDIES)
     endpoint = endpoint_from(options)
     if opts.orthanc_url and opts.delete_api != "orthanc":
         raise UsageError("--orthanc_url is only used with --delete_api orthanc")
@@ -115,7 +145,7 @@ def delete_settings(options: PipelineOptions) -> DeleteSettings:
         auth=auth_from(web, endpoint),
         uids_file=opts.uids_file,
         level=level,
-        delete_all=opts.delete_all,
+        selection=selection,
         plan_only=opts.plan_only,
         max_targets=opts.max_targets,
         max_concurrency=opts.max_concurrency,
@@ -152,34 +182,54 @@ def read_targets(path: str, level: str | None) -> list[Target]:
     return targets
 
 
-def all_studies(settings: DeleteSettings) -> list[Target]:
-    """--all: every study the store lists."""
-    session = make_session(settings.auth, pool_size=1)
-    try:
-        rows = iter_qido(
-            session,
-            settings.config.endpoint.studies_url(),
-            policy=settings.config.retry,
-            params={"includefield": "0020000D"},
-        )
-        return [Target.from_dicom_json(row) for row in rows]
-    except (HttpError, InvalidInputError) as exc:
-        raise preflight.PreflightError(f"cannot list the store's studies: {exc}") from None
-    finally:
-        session.close()
+class _MatchToTargetFn(beam.DoFn):
+    """A search match -> the target it names at the search's level (a match without its UIDs is
+    a dead letter: deleting by a guess is not an option)."""
+
+    def __init__(self, level: str) -> None:
+        self._level = level
+
+    def process(self, match: SearchMatch) -> Iterator[object]:
+        try:
+            yield Target.from_dicom_json(match.dataset).at_level(self._level)
+        except (InvalidInputError, ValueError) as exc:
+            reason = getattr(exc, "reason", Reason.MISSING_UID)
+            letter = DeadLetter(
+                stage=Stage.PLAN,
+                source=f"query {match.query_id}",
+                reason=reason,
+                message=f"a match of query {match.query_id} does not name its target: {exc}",
+            )
+            metrics.count_dead_letter(letter)
+            yield beam.pvalue.TaggedOutput("failed", letter)
+
+
+def _selected(
+    pipeline: beam.Pipeline, targets: list[Target], settings: DeleteSettings
+) -> tuple[beam.PCollection, list[beam.PCollection]]:
+    """The targets (from the --uids_file read at launch, or a search) and selection failures."""
+    if settings.selection is None:
+        return pipeline | "Targets" >> beam.Create(targets, reshuffle=True), []
+    selection = settings.selection
+    queries = pipeline | "SelectQueries" >> SelectQueries(selection)
+    found = queries.queries | "SearchDicomStore" >> SearchDicomStore(
+        search_config(selection, settings.config.endpoint, settings.config.retry),
+        auth=settings.auth,
+        max_concurrency=settings.max_concurrency,
+    )
+    named = found.matches | "MatchesToTargets" >> beam.ParDo(
+        _MatchToTargetFn(selection.base.level)
+    ).with_outputs("failed", main="targets")
+    return named.targets, [queries.failed, found.failed, named.failed]
 
 
 def build_plan(pipeline: beam.Pipeline, targets: list[Target], settings: DeleteSettings) -> None:
-    plan = (
-        pipeline
-        | "Targets" >> beam.Create(targets, reshuffle=True)
-        | "PlanDeletes"
-        >> PlanDeletes(
-            settings.config,
-            auth=settings.auth,
-            max_concurrency=settings.max_concurrency,
-            max_operations=settings.max_operations,
-        )
+    selected, selection_failed = _selected(pipeline, targets, settings)
+    plan = selected | "PlanDeletes" >> PlanDeletes(
+        settings.config,
+        auth=settings.auth,
+        max_concurrency=settings.max_concurrency,
+        max_operations=settings.max_operations,
     )
     _ = (
         plan.planned
@@ -187,7 +237,8 @@ def build_plan(pipeline: beam.Pipeline, targets: list[Target], settings: DeleteS
         | "WritePlan" >> _write(settings.output, "plan")
     )
     _ = (
-        plan.failed
+        (plan.failed, *selection_failed)
+        | "AllPlanDeadLetters" >> beam.Flatten()
         | "PlanDeadLettersToJson" >> beam.Map(lambda r: r.to_json())
         | "WritePlanDeadLetters" >> _write(settings.output, "dead_letter-plan")
     )
@@ -279,8 +330,6 @@ def run(argv: Sequence[str] | None = None) -> DeleteRun | None:
     targets = read_targets(settings.uids_file, settings.level) if settings.uids_file else []
     if settings.preflight:
         preflight.check_store(settings.config.endpoint, settings.auth)
-    if settings.delete_all:
-        targets = all_studies(settings)
     start = time.monotonic()
     counters = _run_pipeline(options, lambda p: build_plan(p, targets, settings))
     to_delete, absent = _plan_counts(settings.output)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
@@ -176,6 +177,23 @@ def _expand_directory(pattern: str) -> str:
     return pattern
 
 
+# --- search (QIDO-RS) -------------------------------------------------------------------------
+
+
+def add_shared_option(group: Any, *names: str, **kwargs: Any) -> None:
+    """Declare an option several jobs share (``--output``, ``--max_concurrency``) unless an
+    option class already did.
+
+    Beam parses every ``PipelineOptions`` subclass ever imported in one parser, so two jobs'
+    classes declaring ``--output`` collide (argparse: "conflicting option string") as soon as
+    both modules are loaded, e.g. in tests. Declarations must agree on ``dest``, type and default.
+    """
+    known = group._option_string_actions  # noqa: SLF001 - shared by a parser and its groups
+    if any(name in known for name in names):
+        return
+    group.add_argument(*names, **kwargs)
+
+
 # delete family (pipelines/delete.py) ----------------------------------------------------------
 class DeleteOptions(PipelineOptions):
     """Options of pipelines.delete."""
@@ -189,20 +207,13 @@ class DeleteOptions(PipelineOptions):
         g = parser.add_argument_group("delete")
 
         def add(*flags: str, **kwargs: object) -> None:
-            # Beam builds one parser from every options class in the process: a flag another
-            # job also defines (--output, --max_concurrency, --level...) is added once, same dest.
-            if not any(f in g._option_string_actions for f in flags):  # noqa: SLF001
-                g.add_argument(*flags, **kwargs)  # type: ignore[arg-type]
+            # --output and --max_concurrency are other jobs' too (see add_shared_option).
+            add_shared_option(g, *flags, **kwargs)
 
         add(
             "--uids_file",
             help="targets, one a line: study, study/series, study/series/instance, or the "
             "results-*.jsonl of pipelines.search (local or gs://)",
-        )
-        add(
-            "--level",
-            help="what is deleted: studies, series or instances (each target is cut down to it); "
-            "default: each target's own level",
         )
         add(
             "--all",

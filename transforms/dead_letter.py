@@ -33,19 +33,23 @@ class Reason:
     RETRIES_EXHAUSTED = "retries_exhausted"
     TLS_ERROR = "tls_error"
     BAD_RESPONSE = "bad_response"
+    # search (QIDO-RS)
+    TOO_MANY_MATCHES = "too_many_matches"  # past the server's offset cap, nothing to split on
+    BAD_QUERY = "bad_query"  # a line of --queries that is not a query
+    UNEXPECTED = "unexpected_error"  # a bug or an unforeseen answer, caught at the boundary
     # delete family (transforms/delete.py, transforms/dicomweb/delete.py)
     DELETE_UNSUPPORTED = "delete_unsupported"
     OPERATION_FAILED = "operation_failed"
     OPERATION_TIMEOUT = "operation_timeout"
     STILL_PRESENT = "still_present"
     AMBIGUOUS_TARGET = "ambiguous_target"
-    UNEXPECTED_ERROR = "unexpected_error"
 
 
 class Stage:
     READ = "read"
     VALIDATE = "validate"
     STORE = "store"
+    SEARCH = "search"  # search (QIDO-RS)
     # delete family
     PLAN = "plan"
     DELETE = "delete"

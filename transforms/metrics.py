@@ -38,3 +38,10 @@ def inc(name: str, value: int = 1) -> None:
 def count_dead_letter(letter: DeadLetter) -> None:
     inc(DEAD_LETTERS)
     inc(FAILED_PREFIX + letter.reason)
+
+
+# search (QIDO-RS)
+SEARCH_QUERIES = "search_queries"  # queries answered completely
+SEARCH_MATCHES_PREFIX = "search_matches_"  # + level: matches delivered
+QIDO_PAGES = "qido_pages"
+QIDO_SPLITS = "qido_splits"  # searches split past the server's offset cap

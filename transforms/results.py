@@ -20,6 +20,16 @@ class StoreResult(NamedTuple):
     failed: beam.PCollection  # DeadLetter
 
 
+class SearchResult(NamedTuple):
+    matches: beam.PCollection  # SearchMatch (only of queries answered completely)
+    failed: beam.PCollection  # DeadLetter: one per failed query
+
+
+class QueriesResult(NamedTuple):
+    queries: beam.PCollection  # SearchQuery
+    failed: beam.PCollection  # DeadLetter: lines of a queries file that are not queries
+
+
 # delete family
 class PlanResult(NamedTuple):
     planned: beam.PCollection  # PlannedDelete (to delete, or already absent)

@@ -189,7 +189,9 @@ def test_empty_selection_is_not_an_error(
     [
         ([], "nothing selected"),
         (["--uids_file", "{f}"], "needs --yes"),
-        (["--all", "--uids_file", "{f}", "--yes"], "not both"),
+        (["--all", "--uids_file", "{f}", "--yes"], "give one selection"),
+        (["--filter", "Modality=CT", "--uids_file", "{f}", "--yes"], "give one selection"),
+        (["--filter", "Modality", "--yes"], "KEY=VALUE"),
         (["--uids_file", "{bad}", "--yes"], "line 2"),
         (["--uids_file", "{f}", "--yes", "--level", "instances"], "cannot name instances"),
         (["--uids_file", "{f}", "--yes", "--level", "patients"], "level must be one of"),
@@ -225,3 +227,50 @@ def test_google_operations_with_throttling(tmp_path: Path) -> None:
         assert str(deleted["studies"]["operation"]).endswith("/operations/1")
         assert deleted["instances"]["operation"] is None
         assert float(deleted["studies"]["duration_seconds"]) >= 2.5  # polls at 1 s and 2.5 s
+
+
+def test_search_selection_deletes_what_the_search_finds(
+    orthanc: LocalOrthanc, store: list[Key], tmp_path: Path
+) -> None:
+    """--level series --filter Modality=MR: pydicom's MR series only."""
+    mr = store[7]
+    argv = ["--level", "series", "--filter", "Modality=MR", "--delete_api", "orthanc", "--yes"]
+    assert delete.main(_argv(orthanc.dicomweb_url, tmp_path / "o", *argv)) == delete.EXIT_OK
+    assert _in_store(orthanc) == set(store) - {mr}
+    plan = _lines(tmp_path / "o", "plan")
+    assert [(p["level"], p["series_uid"], p["instances"]) for p in plan] == [("series", mr[1], 1)]
+    # A search scoped to a study, at instance level, plan only.
+    argv = ["--level", "instances", "--study", store[0][0], "--plan_only"]
+    assert delete.main(_argv(orthanc.dicomweb_url, tmp_path / "p", *argv)) == delete.EXIT_OK
+    assert sorted(p["sop_uid"] for p in _lines(tmp_path / "p", "plan")) == sorted(
+        k[2] for k in store[:4]
+    )
+    assert _in_store(orthanc) == set(store) - {mr}
+
+
+def test_search_results_file_as_uids_file(
+    orthanc: LocalOrthanc, store: list[Key], tmp_path: Path
+) -> None:
+    """The results-*.jsonl of pipelines.search, fed back with --uids_file."""
+    from pipelines import search
+
+    found = tmp_path / "found"
+    argv = ["--dicomweb_url", orthanc.dicomweb_url, "--output", str(found)]
+    assert search.main([*argv, "--level", "instances", "--study", store[4][0]]) == 0
+    results = sorted(found.glob("results-*.jsonl"))
+    assert results
+    targets = tmp_path / "targets.jsonl"
+    targets.write_text("".join(p.read_text() for p in results))
+    argv = ["--uids_file", str(targets), "--delete_api", "orthanc", "--yes"]
+    assert delete.main(_argv(orthanc.dicomweb_url, tmp_path / "o", *argv)) == delete.EXIT_OK
+    assert _in_store(orthanc) == set(store) - {store[4], store[5]}
+    assert {d["level"] for d in _lines(tmp_path / "o", "deleted")} == {"instances"}
+
+
+def test_an_empty_search_is_not_an_error(
+    orthanc: LocalOrthanc, store: list[Key], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--filter", "Modality=XA", "--yes", "--delete_api", "orthanc"]
+    assert delete.main(_argv(orthanc.dicomweb_url, tmp_path / "o", *argv)) == delete.EXIT_OK
+    assert "the selection is empty" in capsys.readouterr().out
+    assert _in_store(orthanc) == set(store)

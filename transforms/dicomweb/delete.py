@@ -34,7 +34,7 @@ from transforms.dead_letter import DeadLetter, Reason, Stage, shorten
 from transforms.dicomweb import http
 from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.dicomweb.orthanc_rest import OrthancRest, rest_root
-from transforms.dicomweb.qido import iter_qido
+from transforms.dicomweb.qido import PAGE_END_EMPTY, iter_qido, page_end_rule
 from transforms.errors import HttpError
 from transforms.records import (
     PLAN_TO_DELETE,
@@ -367,10 +367,12 @@ class DeleteClient:
             url,
             policy=self._config.retry,
             params=params,
+            page_end=page_end_rule(self._config.endpoint),
             clock=self._clock,
             on_retry=tally.on_retry,
         )
         try:
+            # Stops reading at the target's row: one page whether it is there or not.
             return presence_in(rows, target)
         finally:
             # iter_qido does not report attempts: one page plus its retries (a second page is
@@ -421,6 +423,7 @@ class DeleteClient:
         return GroupPlanReport(outcomes, tally)
 
     def _list_sops(self, series: Target, tally: Tally) -> set[str]:
+        page_end = page_end_rule(self._config.endpoint)
         url = (
             f"{self._config.endpoint.study_url(series.study)}/series/{_quote(series.series or '')}"
         )
@@ -430,11 +433,16 @@ class DeleteClient:
             policy=self._config.retry,
             params={"includefield": SOP_UID_TAG},
             page_size=PAGE_SIZE,
+            page_end=page_end,
             clock=self._clock,
             on_retry=tally.on_retry,
         )
+        before = tally.retries
         sops = {v for row in rows if (v := _value(row, SOP_UID_TAG)) is not None}
-        tally.requests += 1 + len(sops) // PAGE_SIZE
+        pages = len(sops) // PAGE_SIZE + 1
+        if page_end == PAGE_END_EMPTY and len(sops) % PAGE_SIZE:
+            pages += 1  # the empty page that ends it
+        tally.requests += pages + tally.retries - before
         return sops
 
     def delete(self, planned: PlannedDelete) -> DeleteReport:
