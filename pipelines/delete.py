@@ -333,11 +333,13 @@ def run(argv: Sequence[str] | None = None) -> DeleteRun | None:
     start = time.monotonic()
     counters = _run_pipeline(options, lambda p: build_plan(p, targets, settings))
     to_delete, absent = _plan_counts(settings.output)
+    plan_seconds = time.monotonic() - start
 
     def finish(note: str, refused: str | None = None) -> DeleteRun:
         summary = DeleteSummary.from_counters(
             counters,
             time.monotonic() - start,
+            plan_seconds=plan_seconds,
             to_delete=to_delete,
             planned_absent=absent,
             note=note,
