@@ -274,3 +274,19 @@ def test_an_empty_search_is_not_an_error(
     assert delete.main(_argv(orthanc.dicomweb_url, tmp_path / "o", *argv)) == delete.EXIT_OK
     assert "the selection is empty" in capsys.readouterr().out
     assert _in_store(orthanc) == set(store)
+
+
+def test_a_uid_orthanc_holds_twice_is_not_deleted(orthanc: LocalOrthanc, tmp_path: Path) -> None:
+    """The same StudyInstanceUID under two PatientIDs is two studies in Orthanc: which one the
+    user meant is unknown, so neither is deleted."""
+    for n, patient in enumerate(("PAT-A", "PAT-B")):
+        ds = pydicom.dcmread(BytesIO(_dataset("amb", 0, 0, n)))
+        ds.PatientID = patient
+        out = BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        requests.post(f"{orthanc.rest_url}/instances", data=out.getvalue(), timeout=30)
+    study = factory.uid("amb-st0")
+    argv = ["--uids_file", _uids_file(tmp_path, [study]), "--delete_api", "orthanc", "--yes"]
+    assert delete.main(_argv(orthanc.dicomweb_url, tmp_path / "o", *argv)) == 3
+    assert [d["reason"] for d in _lines(tmp_path / "o", "dead_letter")] == ["ambiguous_target"]
+    assert orthanc.instance_count() == 2
