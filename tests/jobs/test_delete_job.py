@@ -290,3 +290,16 @@ def test_a_uid_orthanc_holds_twice_is_not_deleted(orthanc: LocalOrthanc, tmp_pat
     assert delete.main(_argv(orthanc.dicomweb_url, tmp_path / "o", *argv)) == 3
     assert [d["reason"] for d in _lines(tmp_path / "o", "dead_letter")] == ["ambiguous_target"]
     assert orthanc.instance_count() == 2
+
+
+def test_queries_file_selects_many_searches(
+    orthanc: LocalOrthanc, store: list[Key], tmp_path: Path
+) -> None:
+    queries = tmp_path / "queries.jsonl"
+    lines = [{"StudyInstanceUID": store[4][0]}, {"StudyInstanceUID": store[6][0]}]
+    lines.append({"StudyInstanceUID": factory.uid("matches-nothing")})
+    queries.write_text("".join(json.dumps(q) + "\n" for q in lines))
+    argv = ["--queries", str(queries), "--delete_api", "orthanc", "--yes"]
+    assert delete.main(_argv(orthanc.dicomweb_url, tmp_path / "o", *argv)) == delete.EXIT_OK
+    assert _in_store(orthanc) == set(store) - {store[4], store[5], store[6]}
+    assert sorted(p["instances"] for p in _lines(tmp_path / "o", "plan")) == [1, 2]
