@@ -154,14 +154,17 @@ def delete_settings(options: PipelineOptions) -> DeleteSettings:
     )
 
 
-def read_targets(path: str, level: str | None) -> list[Target]:
-    """Targets of a --uids_file, cut down to ``level``; a bad line is a usage error (a mistaken
-    file must not half-run a delete), naming the line but never echoing its content."""
+def check_uids_file(path: str, level: str | None) -> int:
+    """The number of target lines of a --uids_file, read once at launch; a bad line is a usage
+    error (a mistaken file must not half-run a delete), naming the line, never its content.
+
+    The pipeline reads the file again itself (a million targets do not travel in the job graph).
+    """
     try:
         handle = FileSystems.open(path)
     except Exception as exc:  # Beam raises BeamIOError and friends
         raise UsageError(f"cannot open --uids_file {path!r}: {type(exc).__name__}") from None
-    targets: list[Target] = []
+    count = 0
     with handle:
         for n, raw in enumerate(handle, 1):
             try:
@@ -178,8 +181,31 @@ def read_targets(path: str, level: str | None) -> list[Target]:
                     target = target.at_level(level)
                 except ValueError as exc:
                     raise UsageError(f"--uids_file line {n}: {exc}") from None
-            targets.append(target)
-    return targets
+            count += 1
+    return count
+
+
+class _LineToTargetFn(beam.DoFn):
+    """A --uids_file line -> its target cut down to ``level``. The file was checked at launch;
+    a line that no longer reads (the file changed since) is a dead letter, never a guess."""
+
+    def __init__(self, level: str | None) -> None:
+        self._level = level
+
+    def process(self, line: str) -> Iterator[object]:
+        try:
+            target = parse_target_line(line, 0)
+            if target is not None:
+                yield target if self._level is None else target.at_level(self._level)
+        except (InvalidInputError, ValueError) as exc:
+            letter = DeadLetter(
+                stage=Stage.PLAN,
+                source="--uids_file",
+                reason=getattr(exc, "reason", Reason.UNREADABLE),
+                message=f"a line changed since launch and no longer names a target: {exc}",
+            )
+            metrics.count_dead_letter(letter)
+            yield beam.pvalue.TaggedOutput("failed", letter)
 
 
 class _MatchToTargetFn(beam.DoFn):
@@ -205,11 +231,16 @@ class _MatchToTargetFn(beam.DoFn):
 
 
 def _selected(
-    pipeline: beam.Pipeline, targets: list[Target], settings: DeleteSettings
+    pipeline: beam.Pipeline, settings: DeleteSettings
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
-    """The targets (from the --uids_file read at launch, or a search) and selection failures."""
+    """The targets (from the --uids_file, or a search) and selection failures."""
     if settings.selection is None:
-        return pipeline | "Targets" >> beam.Create(targets, reshuffle=True), []
+        assert settings.uids_file is not None
+        lines = pipeline | "ReadUidsFile" >> beam.io.ReadFromText(settings.uids_file)
+        read = lines | "LinesToTargets" >> beam.ParDo(_LineToTargetFn(settings.level)).with_outputs(
+            "failed", main="targets"
+        )
+        return read.targets, [read.failed]
     selection = settings.selection
     queries = pipeline | "SelectQueries" >> SelectQueries(selection)
     found = queries.queries | "SearchDicomStore" >> SearchDicomStore(
@@ -223,8 +254,8 @@ def _selected(
     return named.targets, [queries.failed, found.failed, named.failed]
 
 
-def build_plan(pipeline: beam.Pipeline, targets: list[Target], settings: DeleteSettings) -> None:
-    selected, selection_failed = _selected(pipeline, targets, settings)
+def build_plan(pipeline: beam.Pipeline, settings: DeleteSettings) -> None:
+    selected, selection_failed = _selected(pipeline, settings)
     plan = selected | "PlanDeletes" >> PlanDeletes(
         settings.config,
         auth=settings.auth,
@@ -327,11 +358,12 @@ def run(argv: Sequence[str] | None = None) -> DeleteRun | None:
     if FileSystems.match([f"{settings.output}/plan-*.jsonl"])[0].metadata_list:
         # The delete phase executes the plan files under OUTPUT: an old plan must never mix in.
         raise UsageError(f"{settings.output} already holds a plan; give a new --output")
-    targets = read_targets(settings.uids_file, settings.level) if settings.uids_file else []
+    if settings.uids_file:
+        check_uids_file(settings.uids_file, settings.level)
     if settings.preflight:
         preflight.check_store(settings.config.endpoint, settings.auth)
     start = time.monotonic()
-    counters = _run_pipeline(options, lambda p: build_plan(p, targets, settings))
+    counters = _run_pipeline(options, lambda p: build_plan(p, settings))
     to_delete, absent = _plan_counts(settings.output)
     plan_seconds = time.monotonic() - start
 

@@ -210,6 +210,8 @@ class _PlanFn(_PooledFn):
 
     def _emit(self, report: Report) -> Iterable[tuple[bool, object]]:
         assert isinstance(report, GroupPlanReport)
+        planned = sum(isinstance(o, PlannedDelete) for o in report.outcomes)
+        progress.for_label("plan").add(items=planned, failed=len(report.outcomes) - planned)
         for outcome in report.outcomes:
             if isinstance(outcome, PlannedDelete):
                 metrics.inc(metrics.TARGETS_PLANNED)
