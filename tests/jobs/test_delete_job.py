@@ -115,6 +115,9 @@ def test_deletes_exactly_the_studies_series_and_instances_named(
     assert _lines(out, "dead_letter") == []
     summary = capsys.readouterr().out
     assert "deleted                   4  (6 instances)" in summary
+    written = "".join(p.read_text() for p in out.glob("*.jsonl"))
+    for text in (summary, written):
+        assert factory.PATIENT_NAME not in text and "SENSITIVE" not in text
 
 
 def test_level_cuts_targets_down(orthanc: LocalOrthanc, store: list[Key], tmp_path: Path) -> None:
@@ -303,3 +306,23 @@ def test_queries_file_selects_many_searches(
     assert delete.main(_argv(orthanc.dicomweb_url, tmp_path / "o", *argv)) == delete.EXIT_OK
     assert _in_store(orthanc) == set(store) - {store[4], store[5], store[6]}
     assert sorted(p["instances"] for p in _lines(tmp_path / "o", "plan")) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "settings, reason",
+    [({"never_done": True}, "operation_timeout"), ({"error": (13, "boom")}, "operation_failed")],
+)
+def test_operations_that_fail_or_never_finish_exit_3(
+    tmp_path: Path, settings: dict[str, object], reason: str
+) -> None:
+    with GoogleOperationsStandin(**settings) as standin:  # type: ignore[arg-type]
+        data = _generated()[0]
+        standin.preload(data)
+        study = _uids(data)[0]
+        argv = ["--uids_file", _uids_file(tmp_path, [study]), "--yes"]
+        argv += ["--operation_timeout", "1.5"]
+        assert delete.main(_argv(standin.dicomweb_url, tmp_path / "o", *argv)) == 3
+        letters = _lines(tmp_path / "o", "dead_letter")
+        assert [(d["reason"], d["study_uid"]) for d in letters] == [(reason, study)]
+        assert _lines(tmp_path / "o", "deleted") == []
+        assert len(standin.instances) == 1
