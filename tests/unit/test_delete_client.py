@@ -29,14 +29,16 @@ from transforms.dicomweb.delete import (
     after_refusal,
     classify_answer,
     list_series,
-    operation_name,
-    operation_url,
-    parse_operation,
-    poll_delays,
     presence_in,
     presence_query,
 )
 from transforms.dicomweb.endpoint import DicomwebEndpoint
+from transforms.dicomweb.operations import (
+    operation_name,
+    operation_url,
+    parse_operation,
+    poll_delays,
+)
 from transforms.dicomweb.orthanc_rest import rest_root
 from transforms.records import DeletedTarget, InstanceUids, PlannedDelete
 from transforms.targets import Target
