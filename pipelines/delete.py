@@ -378,7 +378,9 @@ def run(argv: Sequence[str] | None = None) -> DeleteRun | None:
         )
         return DeleteRun(settings, summary, refused, counters)
 
-    if to_delete + absent == 0 and not counters.get(metrics.DEAD_LETTERS):
+    if to_delete + absent == 0:
+        if counters.get(metrics.DEAD_LETTERS):
+            return finish("nothing to delete: the selection failed (see the dead letters)")
         return finish("the selection is empty: nothing to delete")
     if settings.plan_only:
         return finish(f"plan only: {to_delete:,} targets would be deleted; nothing deleted")

@@ -326,3 +326,15 @@ def test_operations_that_fail_or_never_finish_exit_3(
         assert [(d["reason"], d["study_uid"]) for d in letters] == [(reason, study)]
         assert _lines(tmp_path / "o", "deleted") == []
         assert len(standin.instances) == 1
+
+
+def test_a_failed_plan_deletes_nothing_and_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dead = "http://127.0.0.1:9/dicom-web"  # nothing listens: every search fails
+    argv = ["--uids_file", _uids_file(tmp_path, ["1.2.3"]), "--yes", "--no_preflight"]
+    assert delete.main(_argv(dead, tmp_path / "o", *argv, "--max_attempts", "1")) == 3
+    letters = _lines(tmp_path / "o", "dead_letter")  # dead_letter-plan-* is matched too
+    assert [(d["stage"], d["reason"]) for d in letters] == [("plan", "retries_exhausted")]
+    assert "the selection failed" in capsys.readouterr().out
+    assert not list((tmp_path / "o").glob("deleted-*"))
