@@ -275,18 +275,35 @@ def build_plan(pipeline: beam.Pipeline, settings: DeleteSettings) -> None:
     )
 
 
+class _ParsePlanFn(beam.DoFn):
+    """A plan line -> PlannedDelete; a line that does not read (the plan was edited by hand) is a
+    dead letter, not a failed bundle and never a delete."""
+
+    def process(self, line: str) -> Iterator[object]:
+        try:
+            yield PlannedDelete.from_json(line)
+        except (ValueError, KeyError, TypeError) as exc:
+            letter = DeadLetter(
+                stage=Stage.PLAN,
+                source="plan",
+                reason=Reason.UNREADABLE,
+                message=f"a plan line does not read ({type(exc).__name__}); nothing deleted for it",
+            )
+            metrics.count_dead_letter(letter)
+            yield beam.pvalue.TaggedOutput("failed", letter)
+
+
 def build_delete(pipeline: beam.Pipeline, settings: DeleteSettings) -> None:
-    result = (
+    plan = (
         pipeline
         | "ReadPlan" >> beam.io.ReadFromText(f"{settings.output}/plan-*.jsonl")
-        | "ParsePlan" >> beam.Map(PlannedDelete.from_json)
-        | "DeleteFromDicomStore"
-        >> DeleteFromDicomStore(
-            settings.config,
-            auth=settings.auth,
-            max_concurrency=settings.max_concurrency,
-            max_operations=settings.max_operations,
-        )
+        | "ParsePlan" >> beam.ParDo(_ParsePlanFn()).with_outputs("failed", main="planned")
+    )
+    result = plan.planned | "DeleteFromDicomStore" >> DeleteFromDicomStore(
+        settings.config,
+        auth=settings.auth,
+        max_concurrency=settings.max_concurrency,
+        max_operations=settings.max_operations,
     )
     _ = (
         result.deleted
@@ -294,7 +311,8 @@ def build_delete(pipeline: beam.Pipeline, settings: DeleteSettings) -> None:
         | "WriteDeleted" >> _write(settings.output, "deleted")
     )
     _ = (
-        result.failed
+        (result.failed, plan.failed)
+        | "AllDeadLetters" >> beam.Flatten()
         | "DeadLettersToJson" >> beam.Map(lambda r: r.to_json())
         | "WriteDeadLetters" >> _write(settings.output, "dead_letter")
     )

@@ -338,3 +338,36 @@ def test_a_failed_plan_deletes_nothing_and_exits_3(
     assert [(d["stage"], d["reason"]) for d in letters] == [("plan", "retries_exhausted")]
     assert "the selection failed" in capsys.readouterr().out
     assert not list((tmp_path / "o").glob("deleted-*"))
+
+
+def test_a_plan_line_that_does_not_read_is_a_dead_letter(tmp_path: Path) -> None:
+    import apache_beam as beam
+
+    from transforms.dicomweb.auth import AuthConfig
+    from transforms.dicomweb.delete import DeleteConfig
+    from transforms.dicomweb.endpoint import DicomwebEndpoint
+
+    out = tmp_path / "o"
+    out.mkdir()
+    absent = {"study_uid": "1.2.3", "series_uid": None, "sop_uid": None, "level": "studies"}
+    absent.update(instances=None, status="already_absent")
+    (out / "plan-00000-of-00001.jsonl").write_text(json.dumps(absent) + "\n{not json\n")
+    settings = delete.DeleteSettings(
+        output=str(out),
+        config=DeleteConfig(DicomwebEndpoint("http://127.0.0.1:9/dicom-web")),
+        auth=AuthConfig(),
+        uids_file=None,
+        level=None,
+        selection=None,
+        plan_only=False,
+        max_targets=10,
+        max_concurrency=1,
+        max_operations=1,
+        preflight=False,
+    )
+    with beam.Pipeline(runner="FnApiRunner") as p:
+        delete.build_delete(p, settings)
+    assert [d["status"] for d in _lines(out, "deleted")] == ["already_absent"]
+    assert [(d["stage"], d["reason"]) for d in _lines(out, "dead_letter")] == [
+        ("plan", "unreadable")
+    ]
