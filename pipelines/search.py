@@ -50,13 +50,14 @@ from pipelines.summary import SearchSummary
 from transforms.dicomweb.auth import AuthConfig
 from transforms.dicomweb.qido import SearchConfig
 from transforms.dicomweb.qido_query import INCLUDE_ALL, element_text, key_name, resolve_key
-from transforms.records import SearchMatch
+from transforms.records import MatchBatch
 from transforms.results import SearchResult
 from transforms.search import DEFAULT_MAX_CONCURRENCY, SearchDicomStore
 
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_DEAD_LETTERS = 3
+MATCHES_PER_ELEMENT = 500
 
 
 class SearchOptions(PipelineOptions):
@@ -139,24 +140,29 @@ def search_settings(options: PipelineOptions) -> SearchSettings:
     )
 
 
-def csv_line(match: SearchMatch, fields: tuple[str, ...]) -> str:
-    dataset = match.dataset
+def csv_lines(batch: MatchBatch, fields: tuple[str, ...]) -> str:
+    """The batch's rows of ``results-*.csv`` (no final newline: one text element)."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="").writerow(
-        [match.query_id, *(element_text(dataset.get(tag)) for tag in fields)]
-    )
-    return out.getvalue()
+    writer = csv.writer(out, lineterminator="\n")
+    for match in batch.matches():
+        dataset = match.dataset
+        writer.writerow([match.query_id, *(element_text(dataset.get(tag)) for tag in fields)])
+    return out.getvalue().removesuffix("\n")
 
 
 def build(pipeline: beam.Pipeline, settings: SearchSettings) -> SearchResult:
     read = pipeline | "SelectQueries" >> SelectQueries(settings.selection)
     search = read.queries | "SearchDicomStore" >> SearchDicomStore(
-        settings.config, auth=settings.auth, max_concurrency=settings.max_concurrency
+        settings.config,
+        auth=settings.auth,
+        max_concurrency=settings.max_concurrency,
+        # Written, not used one by one: Beam's per-element cost is paid per batch.
+        batch_matches=MATCHES_PER_ELEMENT,
     )
     failed = (read.failed, search.failed) | "AllDeadLetters" >> beam.Flatten()
     _ = (
         search.matches
-        | "MatchesToJson" >> beam.Map(lambda m: m.to_json())
+        | "MatchesToJson" >> beam.Map(lambda b: b.to_jsonl())
         | "WriteResults" >> _write_lines(settings.output, "results", ".jsonl")
     )
     if settings.csv_fields:
@@ -164,7 +170,7 @@ def build(pipeline: beam.Pipeline, settings: SearchSettings) -> SearchResult:
         header = ",".join(["query_id", *(key_name(tag) for tag in fields)])
         _ = (
             search.matches
-            | "MatchesToCsv" >> beam.Map(csv_line, fields)
+            | "MatchesToCsv" >> beam.Map(csv_lines, fields)
             | "WriteCsv" >> _write_lines(settings.output, "results", ".csv", header=header)
         )
     _ = (
@@ -172,7 +178,7 @@ def build(pipeline: beam.Pipeline, settings: SearchSettings) -> SearchResult:
         | "DeadLettersToJson" >> beam.Map(lambda r: r.to_json())
         | "WriteDeadLetters" >> _write_lines(settings.output, "dead_letter", ".jsonl")
     )
-    return SearchResult(matches=search.matches, failed=failed)
+    return SearchResult(matches=search.matches, failed=failed)  # matches: MatchBatch
 
 
 def _write_lines(prefix: str, name: str, suffix: str, header: str | None = None) -> beam.PTransform:

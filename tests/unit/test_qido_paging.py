@@ -3,6 +3,7 @@ against the QIDO stand-in (Google's caps, shrunk), which is what no real server 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,3 +242,36 @@ def test_the_spool_takes_rows_back_and_spills_to_disk() -> None:
     sink.write([{"d": 4}])
     assert sink.rows == 2
     assert list(sink.lines()) == ['{"a": 1}', '{"d": 4}']
+
+
+@pytest.mark.parametrize("max_limit, page_end", [(5000, "short"), (4, "empty"), (3, "empty")])
+def test_pages_read_ahead_on_a_pool_give_the_same_rows_in_order(
+    session: requests.Session,
+    standin: QidoStandin,
+    corpus: search_data.Corpus,
+    max_limit: int,
+    page_end: str,
+) -> None:
+    standin.caps.max_limit = max_limit  # below the limit asked: pages shorter than asked
+    query = SearchQuery(1, "instances")
+    serial, _ = _search(session, standin, query, Paging(5, page_end))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        cfg = SearchConfig(
+            DicomwebEndpoint(standin.dicomweb_url), Paging(5, page_end), POLICY, read_ahead=3
+        )
+        sink = SpoolSink()
+        stats = run_search(session, cfg, query, sink, fetcher=pool)
+        ahead = [json.loads(line) for line in sink.lines()]
+    assert ahead == serial  # same rows, same order: guesses at wrong offsets are dropped
+    assert sorted(_uids(ahead, "00080018")) == sorted(corpus.uids("instances"))
+    assert stats.requests >= stats.pages
+
+
+def test_a_small_search_asks_nothing_ahead(session: requests.Session, standin: QidoStandin) -> None:
+    query = SearchQuery(1, "studies", filters=(parse_filter("PatientName=DOE^JOHN"),))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        cfg = SearchConfig(DicomwebEndpoint(standin.dicomweb_url), Paging(5), POLICY, read_ahead=3)
+        sink = SpoolSink()
+        stats = run_search(session, cfg, query, sink, fetcher=pool)
+    assert sink.rows == 1 and stats.requests == 2  # the page and the empty page, nothing more
+    sink.close()
