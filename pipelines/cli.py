@@ -102,6 +102,7 @@ def parse_options(argv: Sequence[str] | None, spec: JobSpec) -> PipelineOptions 
     if "-h" in args or "--help" in args:
         print(help_parser(spec).format_help(), end="")
         return None
+    args = normalise_switches(args, spec)
     parser = _checking_parser(spec)
     try:
         _, unknown = parser.parse_known_args(args)
@@ -110,6 +111,37 @@ def parse_options(argv: Sequence[str] | None, spec: JobSpec) -> PipelineOptions 
     if unknown:
         raise UsageError(_unknown_message(unknown, parser))
     return PipelineOptions(args)
+
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+def normalise_switches(args: list[str], spec: JobSpec) -> list[str]:
+    """``--flag=true|false`` for the job's on/off options, as a Flex Template launch passes them.
+
+    A Flex launch gives every parameter as ``--name=value``; argparse's ``store_true`` refuses a
+    value, so ``--yes=true`` becomes ``--yes`` and ``--yes=false`` is dropped.
+
+    Raises:
+      UsageError: a value that is neither true nor false.
+    """
+    switches = {
+        s
+        for action in help_parser(spec)._actions  # noqa: SLF001
+        if isinstance(action, argparse._StoreTrueAction)  # noqa: SLF001
+        for s in action.option_strings
+    }
+    out = []
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if not sep or name not in switches:
+            out.append(arg)
+        elif value.strip().lower() in _TRUE:
+            out.append(name)
+        elif value.strip().lower() not in _FALSE:
+            raise UsageError(f"{name} takes true or false, not {value!r}")
+    return out
 
 
 def _unknown_message(unknown: list[str], parser: argparse.ArgumentParser) -> str:

@@ -69,3 +69,16 @@ def test_beam_runner_options_are_accepted(tmp_path: Path) -> None:
     # --temp_location belongs to Beam: accepted, and the job goes on to its own checks.
     with pytest.raises(ValueError, match="--dicomweb_url"):
         store.run(["--input", "x", "--output", str(tmp_path), "--temp_location", str(tmp_path)])
+
+
+def test_switches_accept_true_and_false_as_a_flex_launch_passes_them() -> None:
+    from pipelines.cli import UsageError, normalise_switches
+
+    args = ["--single_part=true", "--no_preflight=False", "--batch_size=3", "--no_check_existing"]
+    assert normalise_switches(args, store.SPEC) == [
+        "--single_part",
+        "--batch_size=3",
+        "--no_check_existing",
+    ]
+    with pytest.raises(UsageError, match="true or false"):
+        normalise_switches(["--single_part=maybe"], store.SPEC)
