@@ -9,7 +9,8 @@ A query's matches are handed on only when the query is complete: they are spoole
 then in a temporary file past 1 MiB) while it pages, so a query that fails half-way leaves one
 dead letter and none of its matches, and a large result never sits in memory. Queries are
 spread over workers (Reshuffle) and each worker process runs at most ``max_concurrency`` at once
-over pooled connections.
+over pooled connections; a large query asks its next page while it reads one (at most
+``max_concurrency`` such pages ahead per process).
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ def answer(
 @dataclass
 class _Shared:
     session: requests.Session
-    executor: concurrent.futures.ThreadPoolExecutor  # runs queries (they wait on pages)
-    pages: concurrent.futures.ThreadPoolExecutor  # runs every page request: the HTTP bound
+    executor: concurrent.futures.ThreadPoolExecutor  # runs queries, each fetching its pages
+    pages: concurrent.futures.ThreadPoolExecutor  # fetches pages read ahead of large queries
 
 
 def _close(shared: _Shared) -> None:
@@ -157,8 +158,8 @@ class _SearchFn(beam.DoFn):
         executor = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="qido"
         )
-        # Page requests have their own pool, never waiting on anything: a query waiting for
-        # its pages cannot starve them, and requests in flight stay at most max_concurrency.
+        # Pages read ahead have their own pool, never waiting on anything, so a query waiting
+        # for them cannot starve them; requests in flight stay at most 2 * max_concurrency.
         pages = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="qido-page"
         )
@@ -255,7 +256,8 @@ class SearchDicomStore(beam.PTransform):
     Args:
       config: endpoint, paging (page size, page-end rule, caps) and retries.
       auth: credentials, built on each worker.
-      max_concurrency: queries (so requests) in flight per worker process at most.
+      max_concurrency: queries in flight per worker process at most (and as many pages read
+        ahead for large queries: 2 * max_concurrency requests at most).
       session_factory: builds the HTTP session instead of ``auth`` (tests, custom transports).
       spool_memory: bytes of a query's matches kept in memory before spilling to a temp file.
       batch_matches: 0 (the default) for one ``SearchMatch`` per element of ``matches``; N for

@@ -19,6 +19,7 @@ from qido_standin import QidoStandin
 
 from pipelines import search
 from pipelines.local_orthanc import LocalOrthanc
+from transforms.targets import parse_target_line
 
 TAG = {"studies": "0020000D", "series": "0020000E", "instances": "00080018"}
 Where = Callable[[pydicom.Dataset], bool]
@@ -128,6 +129,10 @@ def test_study_and_series_scopes(
         assert _run(url, tmp_path / name, *argv) == 0
         expected = corpus.uids("instances", lambda ds: ds.SeriesInstanceUID == mr_series[0])
         assert _by_query(_rows(tmp_path / name), "instances") == {1: sorted(expected)}
+    # Result lines are --uids_file lines for the jobs that act on a selection.
+    for number, line in enumerate((tmp_path / "b").glob("results-*.jsonl").__next__().open(), 1):
+        target = parse_target_line(line, number)
+        assert target is not None and target.level == "instances" and target.series == mr_series[0]
     # Instances of one study.
     assert (
         _run(url, tmp_path / "d", "--level", "instances", "--study", study, "--page_size", "3") == 0

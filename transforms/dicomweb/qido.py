@@ -178,8 +178,8 @@ def iter_pages(
 
     Args:
       params: the encoded query string without limit/offset (``qido_query.query_string``).
-      fetcher: runs the page requests (requests in flight are bounded by its threads); None:
-        each page is fetched in the calling thread.
+      fetcher: runs the pages asked ahead (their number in flight is bounded by its threads);
+        the page needed now is always fetched in the calling thread.
       read_ahead: pages asked ahead of the one being read, once pages look steady (a full page,
         or twice the same length from a server capping pages), so a small search costs no extra
         request. A page read ahead is used only if its offset is where the previous page ended;
@@ -211,9 +211,9 @@ def iter_pages(
         )
         return _parse_page(resp, offset)
 
-    def ask(offset: int) -> concurrent.futures.Future[list[dict[str, Any]]]:
+    def ask(offset: int, ahead: bool = False) -> concurrent.futures.Future[list[dict[str, Any]]]:
         stats.requests += 1
-        if fetcher is None:
+        if fetcher is None or not ahead:  # the page needed now: no thread hop for it
             done: concurrent.futures.Future[list[dict[str, Any]]] = concurrent.futures.Future()
             try:
                 done.set_result(fetch(offset))
@@ -233,13 +233,11 @@ def iter_pages(
                 raise OffsetCapReached(
                     f"more than {max_offset:,} matches (the server's offset cap)"
                 )
-            if offset not in asked:
-                asked[offset] = ask(offset)
             for k in range(1, read_ahead + 1 if stride and fetcher is not None else 1):
                 ahead = offset + k * stride
                 if ahead not in asked and offset_allowed(ahead, max_offset):
-                    asked[ahead] = ask(ahead)
-            page = asked.pop(offset).result()
+                    asked[ahead] = ask(ahead, ahead=True)
+            page = (asked.pop(offset) if offset in asked else ask(offset)).result()
             stats.pages += 1
             if page and offset and page[0] == previous_first:
                 # A server ignoring offset would otherwise be paged forever.
