@@ -192,3 +192,80 @@ def add_shared_option(group: Any, *names: str, **kwargs: Any) -> None:
     if any(name in known for name in names):
         return
     group.add_argument(*names, **kwargs)
+
+
+# delete family (pipelines/delete.py) ----------------------------------------------------------
+class DeleteOptions(PipelineOptions):
+    """Options of pipelines.delete."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        from transforms.delete import DEFAULT_MAX_CONCURRENCY as MAX_REQUESTS
+        from transforms.delete import DEFAULT_MAX_OPERATIONS
+        from transforms.dicomweb.delete import DEFAULT_OPERATION_TIMEOUT, DELETE_APIS
+
+        g = parser.add_argument_group("delete")
+
+        def add(*flags: str, **kwargs: object) -> None:
+            # --output and --max_concurrency are other jobs' too (see add_shared_option).
+            add_shared_option(g, *flags, **kwargs)
+
+        add(
+            "--uids_file",
+            help="targets, one a line: study, study/series, study/series/instance, or the "
+            "results-*.jsonl of pipelines.search (local or gs://)",
+        )
+        add(
+            "--all",
+            dest="delete_all",
+            action="store_true",
+            help="select every study of the store (refused without it when nothing is selected)",
+        )
+        add("--output", help="prefix for plan-, deleted- and dead_letter-*.jsonl")
+        add(
+            "--plan_only",
+            action="store_true",
+            help="write OUTPUT/plan-*.jsonl (targets and instance counts) and delete nothing",
+        )
+        add("--yes", action="store_true", help="really delete (required unless --plan_only)")
+        add(
+            "--max_targets",
+            type=positive_int,
+            default=1000,
+            help="refuse to start (exit 2, nothing deleted) past this many targets to delete",
+        )
+        add(
+            "--verify",
+            action="store_true",
+            help="search for each deleted target afterwards; one still there is a dead letter",
+        )
+        add(
+            "--delete_api",
+            choices=DELETE_APIS,
+            default="dicomweb",
+            help="dicomweb: DELETE on the DICOMweb paths (Google); orthanc: Orthanc's REST API "
+            "(POST /tools/lookup, then DELETE /studies|series|instances/{id})",
+        )
+        add(
+            "--orthanc_url",
+            help="with --delete_api orthanc: Orthanc's REST root (default: the DICOMweb URL "
+            "minus its last path segment)",
+        )
+        add(
+            "--operation_timeout",
+            type=float,
+            default=DEFAULT_OPERATION_TIMEOUT,
+            help="seconds a long-running delete operation may take before it is dead-lettered",
+        )
+        add(
+            "--max_concurrency",
+            type=positive_int,
+            default=MAX_REQUESTS,
+            help="plain requests (instance deletes, searches) in flight per worker process",
+        )
+        add(
+            "--max_operations",
+            type=positive_int,
+            default=DEFAULT_MAX_OPERATIONS,
+            help="study/series deletes (long-running operations) in flight per worker process",
+        )

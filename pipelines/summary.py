@@ -145,3 +145,82 @@ class SearchSummary:
         if outputs:
             lines.append(f"  outputs          {outputs}")
         return "\n".join(lines)
+
+
+# delete family (pipelines/delete.py) ----------------------------------------------------------
+@dataclass(frozen=True)
+class DeleteSummary:
+    """Counts of both phases of a delete run: the plan (searches), then the deletes."""
+
+    elapsed_seconds: float
+    plan_seconds: float = 0.0
+    to_delete: int = 0
+    planned_absent: int = 0
+    deleted: int = 0
+    already_absent: int = 0
+    instances_deleted: int = 0
+    operations: int = 0
+    polls: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled_seconds: float = 0.0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failed_by_reason.values())
+
+    @classmethod
+    def from_counters(
+        cls,
+        counters: dict[str, int],
+        elapsed_seconds: float,
+        *,
+        plan_seconds: float,
+        to_delete: int,
+        planned_absent: int,
+        note: str = "",
+    ) -> DeleteSummary:
+        return cls(
+            elapsed_seconds=elapsed_seconds,
+            plan_seconds=plan_seconds,
+            to_delete=to_delete,
+            planned_absent=planned_absent,
+            deleted=counters.get(metrics.TARGETS_DELETED, 0),
+            already_absent=counters.get(metrics.TARGETS_ALREADY_ABSENT, 0),
+            instances_deleted=counters.get(metrics.INSTANCES_DELETED, 0),
+            operations=counters.get(metrics.OPERATIONS, 0),
+            polls=counters.get(metrics.OPERATION_POLLS, 0),
+            requests=counters.get(metrics.HTTP_REQUESTS, 0),
+            retries=counters.get(metrics.HTTP_RETRIES, 0),
+            throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
+            failed_by_reason={
+                name[len(metrics.FAILED_PREFIX) :]: value
+                for name, value in sorted(counters.items())
+                if name.startswith(metrics.FAILED_PREFIX) and value
+            },
+            note=note,
+        )
+
+    def render(self, outputs: str = "") -> str:
+        seconds = max(self.elapsed_seconds, 1e-9)
+        lines = [
+            f"delete finished in {self.elapsed_seconds:.1f} s"
+            + (f": {self.note}" if self.note else ""),
+            f"  plan             {self.to_delete:>10,} to delete, "
+            f"{self.planned_absent:,} already absent ({self.plan_seconds:.1f} s)",
+            f"  deleted          {self.deleted:>10,}  ({self.instances_deleted:,} instances)",
+            f"  already absent   {self.already_absent:>10,}",
+            f"  failed           {self.failed:>10,}",
+        ]
+        lines += [f"    {reason:<22}{n:>8,}" for reason, n in self.failed_by_reason.items()]
+        lines += [
+            f"  throughput       {self.deleted / seconds:>10,.1f} targets/s",
+            f"  operations       {self.operations:>10,}  ({self.polls:,} polls)",
+            f"  requests         {self.requests:>10,}  ({self.retries:,} retried, "
+            f"{self.throttled_seconds:,.1f} s backing off)",
+        ]
+        if outputs:
+            lines.append(f"  outputs          {outputs}")
+        return "\n".join(lines)

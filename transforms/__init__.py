@@ -49,6 +49,14 @@ _EXPORTS: dict[str, str] = {
     "SearchMatch": "transforms.records",
     "SearchQuery": "transforms.records",
     "SearchResult": "transforms.results",
+    # delete
+    "DeleteConfig": "transforms.dicomweb.delete",
+    "DeleteFromDicomStore": "transforms.delete",
+    "DeleteResult": "transforms.results",
+    "DeletedTarget": "transforms.records",
+    "PlanDeletes": "transforms.delete",
+    "PlanResult": "transforms.results",
+    "PlannedDelete": "transforms.records",
 }
 
 __all__ = [
@@ -77,6 +85,14 @@ __all__ = [
     "SearchMatch",
     "SearchQuery",
     "SearchResult",
+    # delete
+    "DeleteConfig",
+    "DeleteFromDicomStore",
+    "DeleteResult",
+    "DeletedTarget",
+    "PlanDeletes",
+    "PlanResult",
+    "PlannedDelete",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
@@ -95,6 +111,12 @@ if TYPE_CHECKING:  # search (QIDO-RS)
     from transforms.records import MatchBatch, SearchMatch, SearchQuery
     from transforms.results import QueriesResult, SearchResult
     from transforms.search import ReadQueries, SearchDicomStore
+
+if TYPE_CHECKING:  # delete
+    from transforms.delete import DeleteFromDicomStore, PlanDeletes
+    from transforms.dicomweb.delete import DeleteConfig
+    from transforms.records import DeletedTarget, PlannedDelete
+    from transforms.results import DeleteResult, PlanResult
 
 
 def __getattr__(name: str) -> Any:

@@ -37,6 +37,12 @@ class Reason:
     TOO_MANY_MATCHES = "too_many_matches"  # past the server's offset cap, nothing to split on
     BAD_QUERY = "bad_query"  # a line of --queries that is not a query
     UNEXPECTED = "unexpected_error"  # a bug or an unforeseen answer, caught at the boundary
+    # delete family (transforms/delete.py, transforms/dicomweb/delete.py)
+    DELETE_UNSUPPORTED = "delete_unsupported"
+    OPERATION_FAILED = "operation_failed"
+    OPERATION_TIMEOUT = "operation_timeout"
+    STILL_PRESENT = "still_present"
+    AMBIGUOUS_TARGET = "ambiguous_target"
 
 
 class Stage:
@@ -44,6 +50,10 @@ class Stage:
     VALIDATE = "validate"
     STORE = "store"
     SEARCH = "search"  # search (QIDO-RS)
+    # delete family
+    PLAN = "plan"
+    DELETE = "delete"
+    VERIFY = "verify"
 
 
 def utc_now() -> str:

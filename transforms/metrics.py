@@ -21,6 +21,13 @@ HTTP_RETRIES = "http_retries"
 THROTTLED_MS = "throttled_ms"
 DEAD_LETTERS = "dead_letters"
 FAILED_PREFIX = "failed_"
+# delete family
+TARGETS_PLANNED = "targets_planned"
+TARGETS_DELETED = "targets_deleted"
+TARGETS_ALREADY_ABSENT = "targets_already_absent"
+INSTANCES_DELETED = "instances_deleted"
+OPERATIONS = "operations"
+OPERATION_POLLS = "operation_polls"
 
 
 def inc(name: str, value: int = 1) -> None:

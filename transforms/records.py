@@ -175,3 +175,61 @@ class MatchBatch:
     def to_jsonl(self) -> str:
         """The batch's lines of ``results-*.jsonl`` (no final newline: one text element)."""
         return "\n".join(m.to_json() for m in self.matches())
+
+
+# delete family (transforms/delete.py, transforms/dicomweb/delete.py) ---------------------------
+PLAN_TO_DELETE = "to_delete"
+STATUS_DELETED = "deleted"
+STATUS_ALREADY_ABSENT = "already_absent"
+
+
+def _uids_from_json(data: dict[str, Any]) -> InstanceUids:
+    return InstanceUids(data["study_uid"] or "", data["series_uid"] or "", data["sop_uid"] or "")
+
+
+@dataclass(frozen=True)
+class PlannedDelete:
+    """One line of a delete plan: a study, series or instance and what the store holds of it.
+
+    Attributes:
+      uids: the target's UIDs ("" below its level: a study target has no series or SOP UID).
+      level: ``studies``, ``series`` or ``instances``.
+      instances: how many instances the store says the target holds (None when it did not say).
+      status: ``to_delete``, or ``already_absent`` when the store does not have the target.
+    """
+
+    uids: InstanceUids
+    level: str
+    instances: int | None
+    status: str
+
+    def to_json(self) -> str:
+        return json.dumps(_flatten(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(line: str) -> PlannedDelete:
+        data = json.loads(line)
+        return PlannedDelete(
+            _uids_from_json(data), data["level"], data["instances"], data["status"]
+        )
+
+
+@dataclass(frozen=True)
+class DeletedTarget:
+    """A target that is not in the store at the end of the run.
+
+    ``status`` is ``deleted`` when this run deleted it, ``already_absent`` when it was gone.
+    ``operation`` is the long-running operation's name when the store answered one, and
+    ``duration_seconds`` how long the delete took (request, plus operation polling).
+    """
+
+    uids: InstanceUids
+    level: str
+    status: str
+    instances: int | None
+    operation: str | None
+    duration_seconds: float | None
+    attempts: int
+
+    def to_json(self) -> str:
+        return json.dumps(_flatten(self), sort_keys=True)

@@ -28,3 +28,14 @@ class SearchResult(NamedTuple):
 class QueriesResult(NamedTuple):
     queries: beam.PCollection  # SearchQuery
     failed: beam.PCollection  # DeadLetter: lines of a queries file that are not queries
+
+
+# delete family
+class PlanResult(NamedTuple):
+    planned: beam.PCollection  # PlannedDelete (to delete, or already absent)
+    failed: beam.PCollection  # DeadLetter
+
+
+class DeleteResult(NamedTuple):
+    deleted: beam.PCollection  # DeletedTarget (deleted now, or already absent)
+    failed: beam.PCollection  # DeadLetter

@@ -320,6 +320,9 @@ class _Handler(BaseHTTPRequestHandler):
 class GoogleStandin:
     """Fake Google DICOM store on 127.0.0.1; use as a context manager or start()/stop()."""
 
+    # Subclasses may serve more routes (google_operations.py: deletes and operations).
+    handler_class: type[BaseHTTPRequestHandler] = _Handler
+
     def __init__(
         self,
         *,
@@ -356,7 +359,7 @@ class GoogleStandin:
 
     def start(self) -> GoogleStandin:
         if self._server is None:
-            self._server = _Server(("127.0.0.1", 0), _Handler)
+            self._server = _Server(("127.0.0.1", 0), self.handler_class)
             self._server.standin = self
             # A short poll interval keeps stop() (and so every test teardown) fast.
             self._thread = threading.Thread(
