@@ -174,3 +174,88 @@ def _expand_directory(pattern: str) -> str:
     if "://" not in pattern and os.path.isdir(pattern):
         return os.path.join(pattern, "**")
     return pattern
+
+
+# --- retrieve (WADO-RS) family ---
+def _add_once(
+    parser: argparse.ArgumentParser, group: argparse._ArgumentGroup, name: str, **kwargs: object
+) -> None:
+    """Adds an option another job's class may define too (--output, --max_concurrency).
+
+    Beam parses every imported PipelineOptions class with one parser, so two classes adding
+    the same option string would conflict; the meaning (and dest) is the same in every job.
+    """
+    if name not in parser._option_string_actions:  # noqa: SLF001
+        group.add_argument(name, **kwargs)  # type: ignore[arg-type]
+
+
+class RetrieveOptions(PipelineOptions):
+    """Options of pipelines.retrieve (the selection options come with them)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        from transforms.dicomweb import wado  # noqa: PLC0415 - keeps this block self-contained
+
+        g = parser.add_argument_group("retrieve")
+        g.add_argument(
+            "--uids_file",
+            help="file (local or gs://) of targets, one a line: study, study/series, "
+            "study/series/instance, or a JSON line of pipelines.search's results",
+        )
+        _add_once(
+            parser,
+            g,
+            "--output",
+            help="prefix for the files, retrieved-*.jsonl and dead_letter-*.jsonl",
+        )
+        g.add_argument("--what", choices=wado.WHATS, default="instances")
+        g.add_argument(
+            "--granularity",
+            choices=wado.GRANULARITIES,
+            default="instance",
+            help="one request per instance, or one streamed multipart request per series or "
+            "study (instances, metadata)",
+        )
+        g.add_argument(
+            "--transfer_syntax",
+            default="*",
+            help="'*' keeps the stored bytes; a UID asks the server to transcode",
+        )
+        g.add_argument("--render_format", choices=tuple(wado.RENDER_FORMATS), default="png")
+        g.add_argument(
+            "--render_frames", help="rendered: frames to render (1,2 or all) instead of the image"
+        )
+        g.add_argument("--viewport", help="rendered: W,H")
+        g.add_argument("--metadata_format", choices=wado.METADATA_FORMATS, default="json")
+        g.add_argument("--frames", default="all", help="frames: 1,3,5 or all")
+        g.add_argument(
+            "--bulkdata_path",
+            action="append",
+            help="bulkdata: 7FE00010 or SQTAG/i/TAG (item i 0-based; repeatable); "
+            "default: every BulkDataURI of the metadata",
+        )
+        g.add_argument(
+            "--layout",
+            default=wado.DEFAULT_LAYOUT,
+            help="file names below --output; {study}, {series}, {instance}",
+        )
+        g.add_argument(
+            "--verify",
+            action="store_true",
+            help="instances: check each file parses and holds the SOP Instance UID asked for",
+        )
+        _add_once(
+            parser,
+            g,
+            "--max_concurrency",
+            type=positive_int,
+            default=8,
+            help="requests in flight per worker process",
+        )
+        g.add_argument(
+            "--max_server_error_attempts",
+            type=positive_int,
+            default=2,
+            help="tries of a resource that keeps answering 500 (a transcode the server "
+            "cannot do) before it is dead-lettered",
+        )

@@ -31,3 +31,10 @@ def inc(name: str, value: int = 1) -> None:
 def count_dead_letter(letter: DeadLetter) -> None:
     inc(DEAD_LETTERS)
     inc(FAILED_PREFIX + letter.reason)
+
+
+# --- retrieve (WADO-RS) family ---
+FILES_RETRIEVED = "files_retrieved"
+FILES_ALREADY_COMPLETE = "files_already_complete"
+BYTES_RETRIEVED = "bytes_retrieved"
+UNITS_RETRIEVED = "retrieve_units"

@@ -18,3 +18,9 @@ class ReadResult(NamedTuple):
 class StoreResult(NamedTuple):
     stored: beam.PCollection  # StoredInstance (stored now or already present)
     failed: beam.PCollection  # DeadLetter
+
+
+# --- retrieve (WADO-RS) family ---
+class RetrieveResult(NamedTuple):
+    retrieved: beam.PCollection  # RetrievedFile (written now, or found complete by a re-run)
+    failed: beam.PCollection  # DeadLetter

@@ -124,7 +124,7 @@ class Retriever:
         self._session = session
         self._config = config
         self._files = files
-        self._previous = previous or {}
+        self.previous: Mapping[str, ManifestEntry] = previous or {}  # an earlier manifest
         self._clock = clock
         self._lock = threading.Lock()
         self._single_part_ok: bool | None = None  # learnt from the server's first answers
@@ -278,7 +278,7 @@ class Retriever:
         if size is None:
             return None
         path = self._files.path(relative)
-        known = self._previous.get(path)
+        known = self.previous.get(path)
         content_type = "application/dicom" if dicom else "application/octet-stream"
         if known is not None and known.bytes == size:
             if self._files.sha256(relative) == known.sha256:
