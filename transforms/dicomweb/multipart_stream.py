@@ -181,7 +181,7 @@ class MultipartStream:
             if len(self._buf) > MAX_PREAMBLE_BYTES:
                 raise MultipartError(Reason.BAD_MULTIPART, "no multipart boundary where expected")
             if not self._fill():
-                if len(self._buf) <= 2:
+                if self._delimiter.startswith(bytes(self._buf)):
                     raise self._truncated("before its first part")
                 raise MultipartError(Reason.BAD_MULTIPART, "no multipart boundary in the answer")
 
