@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import requests
+import urllib3
 
 from transforms.dead_letter import DeadLetter, Reason, Stage
 from transforms.dicom.peek import peek_dicom
@@ -646,4 +647,17 @@ class _PartlyDone(Exception):
 
 
 def _chunks(response: requests.Response) -> Iterator[bytes]:
-    return response.iter_content(CHUNK)
+    """The body as it arrives: ``read1`` hands over what the socket has (up to a chunk), so
+    the parts before a cut are written even when the cut falls within the first chunk."""
+    raw = response.raw
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:
+        yield from response.iter_content(CHUNK)
+        return
+    try:
+        while data := read1(CHUNK, decode_content=True):
+            yield data
+    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as exc:
+        raise requests.exceptions.ChunkedEncodingError(str(exc)) from None
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.exceptions.ConnectionError(str(exc)) from None
