@@ -74,6 +74,79 @@ def counter_values(result: PipelineResult) -> dict[str, int]:
     return totals
 
 
+# --- search (QIDO-RS) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    elapsed_seconds: float  # from the job's launch
+    queries: int = 0  # queries to run, as counted at launch
+    answered: int = 0  # queries answered completely
+    matches_by_level: dict[str, int] = field(default_factory=dict)
+    pages: int = 0
+    splits: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled_seconds: float = 0.0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failed_by_reason.values())
+
+    @property
+    def matches(self) -> int:
+        return sum(self.matches_by_level.values())
+
+    @classmethod
+    def from_result(
+        cls, result: PipelineResult, elapsed_seconds: float, queries: int
+    ) -> SearchSummary:
+        counters = counter_values(result)
+        prefix = metrics.SEARCH_MATCHES_PREFIX
+        return cls(
+            elapsed_seconds=elapsed_seconds,
+            queries=queries,
+            answered=counters.get(metrics.SEARCH_QUERIES, 0),
+            matches_by_level={
+                name[len(prefix) :]: value
+                for name, value in sorted(counters.items())
+                if name.startswith(prefix)
+            },
+            pages=counters.get(metrics.QIDO_PAGES, 0),
+            splits=counters.get(metrics.QIDO_SPLITS, 0),
+            requests=counters.get(metrics.HTTP_REQUESTS, 0),
+            retries=counters.get(metrics.HTTP_RETRIES, 0),
+            throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
+            failed_by_reason={
+                name[len(metrics.FAILED_PREFIX) :]: value
+                for name, value in sorted(counters.items())
+                if name.startswith(metrics.FAILED_PREFIX) and value
+            },
+        )
+
+    def render(self, outputs: str = "") -> str:
+        seconds = max(self.elapsed_seconds, 1e-9)
+        lines = [
+            f"search finished in {self.elapsed_seconds:.1f} s (from launch)",
+            f"  queries          {self.queries:>10,}  ({self.answered:,} answered completely)",
+            f"  matches          {self.matches:>10,}",
+        ]
+        lines += [f"    {level:<22}{n:>8,}" for level, n in self.matches_by_level.items()]
+        lines.append(f"  failed queries   {self.failed:>10,}")
+        lines += [f"    {reason:<22}{n:>8,}" for reason, n in self.failed_by_reason.items()]
+        lines += [
+            f"  rate             {self.answered / seconds:>10,.1f} queries/s, "
+            f"{self.matches / seconds:,.1f} matches/s",
+            f"  pages            {self.pages:>10,}  ({self.splits:,} searches split past a cap)",
+            f"  requests         {self.requests:>10,}  ({self.retries:,} retried, "
+            f"{self.throttled_seconds:,.1f} s backing off)",
+        ]
+        if outputs:
+            lines.append(f"  outputs          {outputs}")
+        return "\n".join(lines)
+
+
 # --- retrieve (WADO-RS) family ---
 @dataclass(frozen=True)
 class RetrieveSummary:

@@ -39,6 +39,15 @@ _EXPORTS: dict[str, str] = {
     "StowBatch": "transforms.records",
     "StowConfig": "transforms.dicomweb.stow",
     "WriteToDicomStore": "transforms.stow",
+    # search (QIDO-RS)
+    "Paging": "transforms.dicomweb.qido",
+    "QueriesResult": "transforms.results",
+    "ReadQueries": "transforms.search",
+    "SearchConfig": "transforms.dicomweb.qido",
+    "SearchDicomStore": "transforms.search",
+    "SearchMatch": "transforms.records",
+    "SearchQuery": "transforms.records",
+    "SearchResult": "transforms.results",
 }
 
 __all__ = [
@@ -57,6 +66,15 @@ __all__ = [
     "StowBatch",
     "StowConfig",
     "WriteToDicomStore",
+    # search (QIDO-RS)
+    "Paging",
+    "QueriesResult",
+    "ReadQueries",
+    "SearchConfig",
+    "SearchDicomStore",
+    "SearchMatch",
+    "SearchQuery",
+    "SearchResult",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
@@ -69,6 +87,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
     from transforms.records import DicomFile, InstanceUids, StoredInstance, StowBatch
     from transforms.results import ReadResult, StoreResult
     from transforms.stow import WriteToDicomStore
+
+if TYPE_CHECKING:  # search (QIDO-RS)
+    from transforms.dicomweb.qido import Paging, SearchConfig
+    from transforms.records import SearchMatch, SearchQuery
+    from transforms.results import QueriesResult, SearchResult
+    from transforms.search import ReadQueries, SearchDicomStore
 
 
 def __getattr__(name: str) -> Any:

@@ -42,6 +42,10 @@ class Reason:
     SIZE_MISMATCH = "size_mismatch"
     VERIFY_FAILED = "verify_failed"
     WRITE_FAILED = "write_failed"
+    # search (QIDO-RS)
+    TOO_MANY_MATCHES = "too_many_matches"  # past the server's offset cap, nothing to split on
+    BAD_QUERY = "bad_query"  # a line of --queries that is not a query
+    UNEXPECTED = "unexpected_error"  # a bug or an unforeseen answer, caught at the boundary
 
 
 class Stage:
@@ -51,6 +55,7 @@ class Stage:
     # retrieve (WADO-RS) family
     SELECT = "select"
     RETRIEVE = "retrieve"
+    SEARCH = "search"  # search (QIDO-RS)
 
 
 def utc_now() -> str:

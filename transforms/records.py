@@ -100,6 +100,66 @@ def _flatten(record: Any) -> dict[str, Any]:
     return out
 
 
+# --- search (QIDO-RS) -------------------------------------------------------------------------
+# A query holds what the user typed (filter values included: they are the user's, not the
+# store's); a match holds what the store answered, which is the search's very output.
+
+SEARCH_LEVELS = ("studies", "series", "instances")
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One QIDO-RS search.
+
+    Attributes:
+      query_id: the 1-based line of ``--queries`` it comes from, or 1 for a query from options.
+      level: ``studies``, ``series`` or ``instances``.
+      study: Study Instance UID the search is limited to, or None.
+      series: Series Instance UID the search is limited to (series or instance level), or None.
+      filters: ``(tag, value)`` pairs; tags as 8 upper-case hex digits (``00100010``).
+      includefields: tags to return beyond the defaults, or ``("all",)``.
+      fuzzy: ask for fuzzy matching of person names.
+    """
+
+    query_id: int
+    level: str
+    study: str | None = None
+    series: str | None = None
+    filters: tuple[tuple[str, str], ...] = ()
+    includefields: tuple[str, ...] = ()
+    fuzzy: bool = False
+
+    def __post_init__(self) -> None:
+        if self.level not in SEARCH_LEVELS:
+            raise ValueError(f"level must be one of {', '.join(SEARCH_LEVELS)}: {self.level!r}")
+        if self.series is not None and self.level == "studies":
+            raise ValueError("a series scope (--series) needs --level series or instances")
+
+
+@dataclass(frozen=True)
+class SearchMatch:
+    """One dataset a search returned, as the DICOM JSON text the store sent (tag keys).
+
+    ``dataset_json`` is kept as text: it is written out as it is, and parsed only when asked.
+    """
+
+    query_id: int
+    level: str
+    dataset_json: str
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        value = json.loads(self.dataset_json)
+        return value if isinstance(value, dict) else {}
+
+    def to_json(self) -> str:
+        """The dataset plus ``"query_id"``: one line of ``results-*.jsonl``."""
+        body = self.dataset_json.strip()
+        if body in ("", "{}"):
+            return json.dumps({"query_id": self.query_id})
+        return f'{{"query_id": {self.query_id}, {body[1:]}'
+
+
 # --- retrieve (WADO-RS) family ---
 STATUS_RETRIEVED = "retrieved"
 STATUS_ALREADY_COMPLETE = "already_complete"

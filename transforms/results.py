@@ -20,6 +20,16 @@ class StoreResult(NamedTuple):
     failed: beam.PCollection  # DeadLetter
 
 
+class SearchResult(NamedTuple):
+    matches: beam.PCollection  # SearchMatch (only of queries answered completely)
+    failed: beam.PCollection  # DeadLetter: one per failed query
+
+
+class QueriesResult(NamedTuple):
+    queries: beam.PCollection  # SearchQuery
+    failed: beam.PCollection  # DeadLetter: lines of a queries file that are not queries
+
+
 # --- retrieve (WADO-RS) family ---
 class RetrieveResult(NamedTuple):
     retrieved: beam.PCollection  # RetrievedFile (written now, or found complete by a re-run)

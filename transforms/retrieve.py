@@ -31,7 +31,7 @@ from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter, Stage
 from transforms.dicomweb import concurrency
 from transforms.dicomweb.auth import AuthConfig, make_session
-from transforms.dicomweb.qido import iter_qido
+from transforms.dicomweb.qido import iter_qido, page_end_rule
 from transforms.dicomweb.retriever import ManifestEntry, Retriever, UnitReport
 from transforms.dicomweb.wado import WadoConfig
 from transforms.errors import DicomwebError, HttpError, InvalidInputError
@@ -116,7 +116,11 @@ class _ExpandFn(beam.DoFn):
             units = [
                 unit_of(row, target, level)
                 for row in iter_qido(
-                    self._session, url, policy=self._config.retry, page_size=QIDO_PAGE_SIZE
+                    self._session,
+                    url,
+                    policy=self._config.retry,
+                    page_size=QIDO_PAGE_SIZE,
+                    page_end=page_end_rule(self._config.endpoint),
                 )
             ]
         except (DicomwebError, ValueError) as exc:

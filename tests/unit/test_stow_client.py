@@ -156,7 +156,9 @@ def test_orthanc_rerun_finds_everything_already_present(
         assert r.bytes == 0 and r.attempts == 0
         assert r.retrieve_url == endpoint.instance_url(r.uids.study, r.uids.series, r.uids.sop)
     assert fresh_session.posts == []
-    assert [s.method for s in fresh_session.sent] == ["GET"]
+    # One page of matches, then the empty page that ends it: Orthanc is not known to honour
+    # the limit asked, so a short page does not end a search there.
+    assert [s.method for s in fresh_session.sent] == ["GET", "GET"]
     assert report.requests == 1
 
     # The same client remembers what it stored: not even a search this time.
@@ -396,7 +398,9 @@ def test_google_existence_check_skips_preloaded_instances(
     (post,) = stow_requests(google_standin)
     assert post.body_length < 2 * batch.files[2].size  # only the missing one was sent
     searches = [r for r in google_standin.requests if r.method == "GET"]
-    assert len(searches) == 1
+    # A page, then the empty page that ends it: at a loopback URL the stand-in is not known to
+    # honour the limit, so a short page does not end the search.
+    assert len(searches) == 2
     assert "includefield=00080018" in searches[0].query
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 import requests.adapters
 import requests.auth
+import urllib3.connection
+import urllib3.connectionpool
 
 AUTH_KINDS = ("google", "bearer", "basic", "none")
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -114,12 +117,44 @@ class GoogleAdcAuth(requests.auth.AuthBase):
         return "GoogleAdcAuth()"
 
 
+def _caret_as_typed(url: str) -> str:
+    """Undo urllib3's ``^`` -> ``%5E`` in a request target's query (see ``_CaretConnection``)."""
+    path, sep, query = url.partition("?")
+    return path + sep + query.replace("%5E", "^") if sep else url
+
+
+class _CaretConnection(urllib3.connection.HTTPConnection):
+    """Sends ``^`` in a query as typed: Orthanc does not percent-decode QIDO values, so
+    ``PatientName=DOE%5EJOHN`` matches nothing there. Servers that decode see the same value.
+    (``%5E`` can only come from urllib3 here: QIDO values escape ``%`` as ``%25``.)"""
+
+    def putrequest(self, method: str, url: str, *args: Any, **kwargs: Any) -> None:
+        super().putrequest(method, _caret_as_typed(url), *args, **kwargs)
+
+
+class _CaretHTTPSConnection(urllib3.connection.HTTPSConnection):
+    __doc__ = _CaretConnection.__doc__
+
+    def putrequest(self, method: str, url: str, *args: Any, **kwargs: Any) -> None:
+        super().putrequest(method, _caret_as_typed(url), *args, **kwargs)
+
+
+class _CaretPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _CaretConnection
+
+
+class _CaretHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _CaretHTTPSConnection
+
+
 class _Adapter(requests.adapters.HTTPAdapter):
-    """Sends bodies in 1 MiB blocks (urllib3 reads 16 KiB at a time by default)."""
+    """Sends bodies in 1 MiB blocks (urllib3 reads 16 KiB at a time by default), and ``^`` in
+    query strings as typed."""
 
     def init_poolmanager(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("blocksize", SEND_BLOCK_SIZE)
         super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+        self.poolmanager.pool_classes_by_scheme = {"http": _CaretPool, "https": _CaretHTTPSPool}
 
 
 def make_session(auth: AuthConfig, *, pool_size: int = 8) -> requests.Session:

@@ -33,7 +33,7 @@ from transforms.dicomweb.multipart_stream import (
     boundary_of,
     media_type,
 )
-from transforms.dicomweb.qido import iter_qido
+from transforms.dicomweb.qido import iter_qido, page_end_rule
 from transforms.dicomweb.wado import (
     RENDER_FORMATS,
     Answer,
@@ -559,7 +559,14 @@ class Retriever:
             return None
         url = config.endpoint.resource_url(unit.study, unit.series, None) + "/instances"
         found: list[Outcome] = []
-        for row in iter_qido(self._session, url, policy=config.retry, clock=self._clock):
+        rows = iter_qido(
+            self._session,
+            url,
+            policy=config.retry,
+            page_end=page_end_rule(config.endpoint),
+            clock=self._clock,
+        )
+        for row in rows:
             target = Target.from_dicom_json(row)
             if target.sop is None or target.series is None:
                 return None
