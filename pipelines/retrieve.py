@@ -26,14 +26,23 @@ from apache_beam.runners.runner import PipelineResult
 from pipelines import preflight
 from pipelines.cli import JobSpec, UsageError, parse_options
 from pipelines.options import DicomwebOptions, RetrieveOptions, auth_from, endpoint_from, retry_from
+from pipelines.selection import (
+    Selection,
+    SelectionOptions,
+    SelectQueries,
+    search_config,
+    selection_from,
+)
 from pipelines.summary import RetrieveSummary
 from transforms.dead_letter import DeadLetter, Stage
 from transforms.dicomweb import wado
 from transforms.dicomweb.auth import AuthConfig
 from transforms.errors import InvalidInputError
+from transforms.records import SearchMatch
 from transforms.results import RetrieveResult
 from transforms.retrieve import RetrieveFromDicomStore
-from transforms.targets import parse_target_line
+from transforms.search import SearchDicomStore
+from transforms.targets import Target, parse_target_line
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -47,9 +56,12 @@ SPEC = JobSpec(
         "store with WADO-RS, to files below OUTPUT (local or gs://). Writes\n"
         "OUTPUT/retrieved-*.jsonl and OUTPUT/dead_letter-*.jsonl, prints a summary, and exits\n"
         "0 (everything retrieved), 3 (some dead letters) or 2 (bad options or preflight).\n"
-        "A re-run with the same OUTPUT skips the files that are complete."
+        "A re-run with the same OUTPUT skips the files that are complete.\n"
+        "Select with --uids_file, or with a search: --level, --study, --series, --filter,\n"
+        "--queries (what matches is expanded to instances, series or studies as --granularity\n"
+        "asks)."
     ),
-    option_classes=(RetrieveOptions, DicomwebOptions),
+    option_classes=(RetrieveOptions, SelectionOptions, DicomwebOptions),
 )
 
 
@@ -57,7 +69,8 @@ SPEC = JobSpec(
 class RetrieveSettings:
     """Validated settings of a retrieve run."""
 
-    uids_file: str
+    uids_file: str | None
+    selection: Selection | None
     output: str
     config: wado.WadoConfig
     auth: AuthConfig
@@ -69,8 +82,18 @@ def retrieve_settings(options: PipelineOptions) -> RetrieveSettings:
     """Validate the options of a retrieve run; raises ValueError with a message for the user."""
     web = options.view_as(DicomwebOptions)
     opts = options.view_as(RetrieveOptions)
-    if not opts.uids_file:
-        raise UsageError("--uids_file is required (targets, one a line)")
+    chosen = options.view_as(SelectionOptions)
+    searching = any(
+        (chosen.level, chosen.study, chosen.series, chosen.filter, chosen.queries,
+         chosen.includefield, chosen.fuzzymatching)
+    )  # fmt: skip
+    if opts.uids_file and searching:
+        raise UsageError("give either --uids_file or search options (--level, --filter, ...)")
+    if not opts.uids_file and not searching:
+        raise UsageError(
+            "say what to retrieve: --uids_file FILE, or a search (--study UID, --filter KEY=VALUE, "
+            "--queries FILE, or --level studies for the whole store)"
+        )
     if not opts.output:
         raise UsageError("--output is required (a prefix for the files and the manifests)")
     if opts.metadata_format == "xml" and opts.granularity != "instance":
@@ -92,8 +115,10 @@ def retrieve_settings(options: PipelineOptions) -> RetrieveSettings:
         retry=retry_from(web),
         max_server_error_attempts=opts.max_server_error_attempts,
     )
+    selection = selection_from(options, check_file=not web.no_preflight) if searching else None
     return RetrieveSettings(
         uids_file=opts.uids_file,
+        selection=selection,
         output=opts.output.rstrip("/"),
         config=config,
         auth=auth_from(web, endpoint),
@@ -140,20 +165,52 @@ class _ParseTargetsFn(beam.DoFn):
             yield target
 
 
-def build(pipeline: beam.Pipeline, settings: RetrieveSettings) -> RetrieveResult:
-    parsed = (
-        pipeline
-        | "ReadUidsFile" >> beam.io.ReadFromText(settings.uids_file)
-        | "ParseTargets" >> beam.ParDo(_ParseTargetsFn()).with_outputs("failed", main="targets")
+class _MatchToTargetFn(beam.DoFn):
+    """Search matches -> Targets (a match whose UIDs are unusable is a dead letter)."""
+
+    def process(self, match: SearchMatch) -> object:
+        try:
+            yield Target.from_dicom_json(match.dataset)
+        except InvalidInputError as exc:
+            source = f"query {match.query_id}"
+            yield beam.pvalue.TaggedOutput(
+                "failed", DeadLetter(Stage.SELECT, source, exc.reason, exc.message)
+            )
+
+
+def select_targets(
+    pipeline: beam.Pipeline, settings: RetrieveSettings
+) -> tuple[beam.PCollection, list[beam.PCollection]]:
+    """The targets of the run and the dead letters of selecting them."""
+    if settings.uids_file:
+        parsed = (
+            pipeline
+            | "ReadUidsFile" >> beam.io.ReadFromText(settings.uids_file)
+            | "ParseTargets" >> beam.ParDo(_ParseTargetsFn()).with_outputs("failed", main="targets")
+        )
+        return parsed.targets, [parsed.failed]
+    assert settings.selection is not None
+    queries = pipeline | "SelectQueries" >> SelectQueries(settings.selection)
+    config = search_config(settings.selection, settings.config.endpoint, settings.config.retry)
+    found = queries.queries | "SearchDicomStore" >> SearchDicomStore(
+        config, auth=settings.auth, max_concurrency=settings.max_concurrency
     )
-    result = parsed.targets | "RetrieveFromDicomStore" >> RetrieveFromDicomStore(
+    targets = found.matches | "MatchesToTargets" >> beam.ParDo(_MatchToTargetFn()).with_outputs(
+        "failed", main="targets"
+    )
+    return targets.targets, [queries.failed, found.failed, targets.failed]
+
+
+def build(pipeline: beam.Pipeline, settings: RetrieveSettings) -> RetrieveResult:
+    targets, selection_failed = select_targets(pipeline, settings)
+    result = targets | "RetrieveFromDicomStore" >> RetrieveFromDicomStore(
         settings.config,
         settings.output,
         auth=settings.auth,
         max_concurrency=settings.max_concurrency,
         previous_manifest=f"{settings.output}/{MANIFEST}-*.jsonl",
     )
-    failed = (parsed.failed, result.failed) | "AllDeadLetters" >> beam.Flatten()
+    failed = (*selection_failed, result.failed) | "AllDeadLetters" >> beam.Flatten()
     _ = (
         result.retrieved
         | "RetrievedToJson" >> beam.Map(lambda r: r.to_json())
@@ -196,8 +253,9 @@ def run(argv: Sequence[str] | None = None) -> RetrieveRun | None:
     if options.view_as(StandardOptions).runner is None:
         # As pipelines.store: in process on the FnApiRunner, no Prism download at start.
         options.view_as(StandardOptions).runner = "FnApiRunner"
-    if settings.preflight:
+    if settings.preflight and settings.uids_file:
         check_uids_file(settings.uids_file)
+    if settings.preflight:
         preflight.check_store(settings.config.endpoint, settings.auth)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, settings)
