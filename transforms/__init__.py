@@ -48,6 +48,13 @@ _EXPORTS: dict[str, str] = {
     "SearchMatch": "transforms.records",
     "SearchQuery": "transforms.records",
     "SearchResult": "transforms.results",
+    # retrieve (WADO-RS)
+    "Layout": "transforms.dicomweb.wado",
+    "RetrieveFromDicomStore": "transforms.retrieve",
+    "RetrieveResult": "transforms.results",
+    "RetrievedFile": "transforms.records",
+    "Target": "transforms.targets",
+    "WadoConfig": "transforms.dicomweb.wado",
 }
 
 __all__ = [
@@ -75,6 +82,13 @@ __all__ = [
     "SearchMatch",
     "SearchQuery",
     "SearchResult",
+    # retrieve (WADO-RS)
+    "Layout",
+    "RetrieveFromDicomStore",
+    "RetrieveResult",
+    "RetrievedFile",
+    "Target",
+    "WadoConfig",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
@@ -93,6 +107,13 @@ if TYPE_CHECKING:  # search (QIDO-RS)
     from transforms.records import SearchMatch, SearchQuery
     from transforms.results import QueriesResult, SearchResult
     from transforms.search import ReadQueries, SearchDicomStore
+
+if TYPE_CHECKING:  # retrieve (WADO-RS)
+    from transforms.dicomweb.wado import Layout, WadoConfig
+    from transforms.records import RetrievedFile
+    from transforms.results import RetrieveResult
+    from transforms.retrieve import RetrieveFromDicomStore
+    from transforms.targets import Target
 
 
 def __getattr__(name: str) -> Any:

@@ -28,12 +28,13 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import metrics, progress
-from transforms.dead_letter import DeadLetter, Stage
+from transforms.dead_letter import DeadLetter, Reason, Stage
 from transforms.dicomweb import concurrency
 from transforms.dicomweb.auth import AuthConfig, make_session
 from transforms.dicomweb.qido import iter_qido, page_end_rule
-from transforms.dicomweb.retriever import ManifestEntry, Retriever, UnitReport
+from transforms.dicomweb.retriever import Retriever, UnitReport
 from transforms.dicomweb.wado import WadoConfig
+from transforms.dicomweb.wado_files import ManifestEntry
 from transforms.errors import DicomwebError, HttpError, InvalidInputError
 from transforms.output_files import OutputFiles
 from transforms.records import STATUS_RETRIEVED, InstanceUids, RetrievedFile
@@ -66,10 +67,10 @@ def unit_of(row: dict[str, Any], target: Target, unit_level: str) -> Target:
     series = found.series or target.series
     if unit_level == SERIES:
         if series is None:
-            raise InvalidInputError("missing_uid", "a series match without SeriesInstanceUID")
+            raise InvalidInputError(Reason.MISSING_UID, "a series match without SeriesInstanceUID")
         return Target(found.study, series)
     if found.sop is None or series is None:
-        raise InvalidInputError("missing_uid", "an instance match without its UIDs")
+        raise InvalidInputError(Reason.MISSING_UID, "an instance match without its UIDs")
     return Target(found.study, series, found.sop)
 
 
@@ -127,7 +128,9 @@ class _ExpandFn(beam.DoFn):
             yield _tagged_letter(self._select_letter(target, url, exc))
             return
         if not units:
-            empty = HttpError("not_found", f"the store holds no {level} in this {target.level}")
+            empty = HttpError(
+                Reason.NOT_FOUND, f"the store lists nothing at level {level} for this target"
+            )
             yield _tagged_letter(self._select_letter(target, url, empty))
             return
         yield from units
@@ -137,7 +140,7 @@ class _ExpandFn(beam.DoFn):
         return DeadLetter(
             stage=Stage.SELECT,
             source=self._config.endpoint.redacted(url),
-            reason=getattr(exc, "reason", "bad_response"),
+            reason=getattr(exc, "reason", Reason.BAD_RESPONSE),
             message=getattr(exc, "message", None) or f"{type(exc).__name__} listing the target",
             uids=InstanceUids(target.study, target.series or "", target.sop or ""),
             http_status=http_error.status if http_error else None,

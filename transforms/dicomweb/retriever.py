@@ -21,10 +21,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import requests
-import urllib3
 
 from transforms.dead_letter import DeadLetter, Reason, Stage
-from transforms.dicom.peek import peek_dicom
 from transforms.dicomweb import http
 from transforms.dicomweb.multipart_stream import (
     MultipartError,
@@ -53,17 +51,24 @@ from transforms.dicomweb.wado import (
     rendered_url,
     try_next_accept,
 )
-from transforms.errors import HttpError, InvalidInputError
+from transforms.dicomweb.wado_files import (
+    CutBody,
+    Failed,
+    ManifestEntry,
+    chunks,
+    find_complete,
+    verify_spool,
+    write_answer,
+)
+from transforms.errors import HttpError
 from transforms.output_files import OutputFiles, Spool
 from transforms.records import (
-    STATUS_ALREADY_COMPLETE,
     STATUS_RETRIEVED,
     InstanceUids,
     RetrievedFile,
 )
 from transforms.targets import Target
 
-CHUNK = 1 << 20
 _CUT = (
     requests.ConnectionError,
     requests.exceptions.ChunkedEncodingError,
@@ -73,34 +78,10 @@ _CUT = (
 Outcome = RetrievedFile | DeadLetter
 
 
-@dataclass(frozen=True)
-class ManifestEntry:
-    """What an earlier run's manifest says about a file."""
-
-    bytes: int
-    sha256: str
-
-
 @dataclass
 class UnitReport:
     outcomes: list[Outcome] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
-
-
-class _Failed(Exception):
-    """Ends the work on one resource with a reason (turned into a dead letter)."""
-
-    def __init__(
-        self,
-        reason: str,
-        message: str,
-        status: int | None = None,
-        detail: str | None = None,
-        attempts: int = 0,
-    ) -> None:
-        super().__init__(message)
-        self.reason, self.message = reason, message
-        self.status, self.detail, self.attempts = status, detail, attempts
 
 
 def _uids(target: Target) -> InstanceUids:
@@ -149,23 +130,23 @@ class Retriever:
                 report.outcomes.extend(self._frames(unit, report.stats))
             else:
                 report.outcomes.extend(self._bulkdata(unit, report.stats))
-        except _Failed as exc:
+        except Failed as exc:
             report.outcomes.append(self._letter(unit, exc))
         except HttpError as exc:
             report.outcomes.append(
                 self._letter(
-                    unit, _Failed(exc.reason, exc.message, exc.status, exc.detail, exc.attempts)
+                    unit, Failed(exc.reason, exc.message, exc.status, exc.detail, exc.attempts)
                 )
             )
         except OSError as exc:
             message = f"cannot write the output: {type(exc).__name__} ({exc.strerror or ''})"
-            report.outcomes.append(self._letter(unit, _Failed(Reason.WRITE_FAILED, message)))
+            report.outcomes.append(self._letter(unit, Failed(Reason.WRITE_FAILED, message)))
         except Exception as exc:  # noqa: BLE001 - the exception boundary: never a failed bundle
             message = f"unexpected {type(exc).__name__} while retrieving"
-            report.outcomes.append(self._letter(unit, _Failed(Reason.BAD_RESPONSE, message)))
+            report.outcomes.append(self._letter(unit, Failed(Reason.BAD_RESPONSE, message)))
         return report
 
-    def _letter(self, unit: Target, exc: _Failed, suffix: str = "") -> DeadLetter:
+    def _letter(self, unit: Target, exc: Failed, suffix: str = "") -> DeadLetter:
         url = self._config.endpoint.resource_url(unit.study, unit.series, unit.sop)
         return DeadLetter(
             stage=Stage.RETRIEVE,
@@ -210,7 +191,7 @@ class Retriever:
             if not try_next_accept(answer.status):
                 break
         assert last is not None
-        raise _Failed(
+        raise Failed(
             failure_reason(last.status),
             f"the server answered HTTP {last.status}",
             last.status,
@@ -225,77 +206,12 @@ class Retriever:
             tries += 1
             try:
                 return fetch(tries)
-            except (MultipartError, _CutBody) as exc:
+            except (MultipartError, CutBody) as exc:
                 reason = (
                     exc.reason if isinstance(exc, MultipartError) else Reason.TRUNCATED_RESPONSE
                 )
                 if reason != Reason.TRUNCATED_RESPONSE or tries >= self._config.retry.max_attempts:
-                    raise _Failed(reason, str(exc), 200, attempts=tries) from None
-
-    def _stream_one(self, answer: Answer, expect_dicom: bool, sink: Spool) -> str:
-        """Writes a single-resource answer (single part, or multipart of one part); its type."""
-        response = answer.response
-        assert response is not None
-        try:
-            if media_type(answer.content_type).startswith("multipart/"):
-                stream = MultipartStream(_chunks(response), boundary_of(answer.content_type))
-                content_type = ""
-                for headers in stream.parts():
-                    if content_type:
-                        raise MultipartError(Reason.BAD_MULTIPART, "more parts than asked for")
-                    content_type = headers.content_type
-                    for chunk in stream.body():
-                        sink.write(chunk)
-                if not content_type:
-                    raise MultipartError(Reason.BAD_MULTIPART, "a multipart answer with no part")
-            else:
-                content_type = answer.content_type
-                for chunk in _chunks(response):
-                    sink.write(chunk)
-                announced = response.headers.get("Content-Length")
-                # With a Content-Encoding (gzip), the length is of the encoded bytes.
-                encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-                if (
-                    announced
-                    and announced.isdigit()
-                    and not encoded
-                    and int(announced) != sink.size
-                ):
-                    raise MultipartError(
-                        Reason.SIZE_MISMATCH,
-                        f"the answer announced {announced} bytes and held {sink.size}",
-                    )
-        finally:
-            response.close()
-        if expect_dicom and media_type(content_type) not in ("application/dicom", ""):
-            raise _Failed(Reason.BAD_RESPONSE, f"expected DICOM, got {media_type(content_type)}")
-        return media_type(content_type) or "application/octet-stream"
-
-    # --- resume ---------------------------------------------------------------------------------
-
-    def _complete(self, relative: str, uids: InstanceUids, dicom: bool) -> RetrievedFile | None:
-        """The existing file as already complete, or None when it must be fetched."""
-        size = self._files.size(relative)
-        if size is None:
-            return None
-        path = self._files.path(relative)
-        known = self.previous.get(path)
-        content_type = "application/dicom" if dicom else "application/octet-stream"
-        if known is not None and known.bytes == size:
-            if self._files.sha256(relative) == known.sha256:
-                return RetrievedFile(
-                    path, uids, size, content_type, known.sha256, STATUS_ALREADY_COMPLETE
-                )
-        if dicom and uids.sop:
-            try:
-                with self._files.open(relative) as f:
-                    found = peek_dicom(f, path=path, size=size)
-            except (InvalidInputError, OSError):
-                return None
-            if found.uids.sop == uids.sop:
-                sha = self._files.sha256(relative)
-                return RetrievedFile(path, uids, size, content_type, sha, STATUS_ALREADY_COMPLETE)
-        return None
+                    raise Failed(reason, str(exc), 200, attempts=tries) from None
 
     def _commit(
         self, spool: Spool, relative: str, uids: InstanceUids, content_type: str, attempts: int
@@ -304,20 +220,6 @@ class Retriever:
         return RetrievedFile(
             path, uids, spool.size, content_type, spool.sha256, STATUS_RETRIEVED, attempts
         )
-
-    def _verify(self, spool: Spool, sop: str | None) -> InstanceUids:
-        """Parse a spooled DICOM file to its end; check its SOP Instance UID when one was asked."""
-        spool.close()
-        try:
-            with open(spool.path, "rb") as f:
-                found = peek_dicom(f, path=spool.path, size=spool.size)
-        except InvalidInputError as exc:
-            raise _Failed(
-                Reason.VERIFY_FAILED, f"retrieved file does not parse: {exc.message}"
-            ) from None
-        if sop is not None and found.uids.sop != sop:
-            raise _Failed(Reason.VERIFY_FAILED, "retrieved file holds another SOP Instance UID")
-        return found.uids
 
     # --- one file per request -------------------------------------------------------------------
 
@@ -333,7 +235,7 @@ class Retriever:
         params: Mapping[str, str] | None = None,
         learn_single_part: bool = False,
     ) -> RetrievedFile:
-        done = self._complete(relative, uids, dicom)
+        done = find_complete(self._files, self.previous, relative, uids, dicom)
         if done is not None:
             return done
 
@@ -345,11 +247,11 @@ class Retriever:
             spool = self._files.spool()
             try:
                 try:
-                    content_type = self._stream_one(answer, dicom, spool)
+                    content_type = write_answer(answer, dicom, spool)
                 except _CUT as exc:
-                    raise _CutBody(f"the answer was cut ({type(exc).__name__})") from None
+                    raise CutBody(f"the answer was cut ({type(exc).__name__})") from None
                 if dicom and self._config.verify:
-                    self._verify(spool, uids.sop or None)
+                    verify_spool(spool, uids.sop or None)
                 return [
                     self._commit(spool, relative, uids, content_type, answer.attempts + tries - 1)
                 ]
@@ -398,14 +300,14 @@ class Retriever:
         try:
             document = json.loads(answer.response.content)
         except (ValueError, *_CUT):
-            raise _Failed(
+            raise Failed(
                 Reason.BAD_RESPONSE, "instance metadata is not JSON", answer.status
             ) from None
         finally:
             answer.response.close()
         if isinstance(document, list) and document and isinstance(document[0], dict):
             return document[0]
-        raise _Failed(Reason.BAD_RESPONSE, "instance metadata is not a DICOM JSON array")
+        raise Failed(Reason.BAD_RESPONSE, "instance metadata is not a DICOM JSON array")
 
     def _each(
         self, unit: Target, files: Iterator[tuple[str, Callable[[], RetrievedFile]]]
@@ -415,10 +317,10 @@ class Retriever:
         for suffix, fetch in files:
             try:
                 outcomes.append(fetch())
-            except _Failed as exc:
+            except Failed as exc:
                 outcomes.append(self._letter(unit, exc, suffix))
             except HttpError as exc:
-                failed = _Failed(exc.reason, exc.message, exc.status, exc.detail, exc.attempts)
+                failed = Failed(exc.reason, exc.message, exc.status, exc.detail, exc.attempts)
                 outcomes.append(self._letter(unit, failed, suffix))
         return outcomes
 
@@ -493,8 +395,8 @@ class Retriever:
             assert response is not None
             try:
                 if not media_type(answer.content_type).startswith("multipart/"):
-                    raise _Failed(Reason.BAD_RESPONSE, "expected a multipart answer", answer.status)
-                stream = MultipartStream(_chunks(response), boundary_of(answer.content_type))
+                    raise Failed(Reason.BAD_RESPONSE, "expected a multipart answer", answer.status)
+                stream = MultipartStream(chunks(response), boundary_of(answer.content_type))
                 for index, headers in enumerate(stream.parts()):
                     spool = self._files.spool()
                     try:
@@ -504,7 +406,7 @@ class Retriever:
                             raise MultipartError(Reason.BAD_MULTIPART, "a part is not DICOM")
                         try:
                             named = name(index, headers, spool)
-                        except _Failed as exc:
+                        except Failed as exc:
                             written[f"#part{index}"] = self._letter(unit, exc, f"#part{index + 1}")
                             continue
                         if named is not None and named[0] not in written:
@@ -515,7 +417,7 @@ class Retriever:
                     finally:
                         spool.discard()
             except _CUT as exc:
-                raise _CutBody(
+                raise CutBody(
                     f"the answer was cut ({type(exc).__name__}) after {len(written)} files"
                 ) from None
             finally:
@@ -524,7 +426,7 @@ class Retriever:
 
         try:
             return self._with_body_retries(fetch)
-        except _Failed as exc:
+        except Failed as exc:
             if not written:
                 raise
             exc.message += f"; {len(written)} files were written before"
@@ -538,9 +440,9 @@ class Retriever:
             return list(skipped)
 
         def name(index: int, headers: PartHeaders, spool: Spool) -> tuple[str, InstanceUids]:
-            uids = self._verify(spool, None)
+            uids = verify_spool(spool, None)
             if uids.study != unit.study or (unit.series and uids.series != unit.series):
-                raise _Failed(Reason.BAD_RESPONSE, "a part belongs to another study or series")
+                raise Failed(Reason.BAD_RESPONSE, "a part belongs to another study or series")
             return config.layout.relative(uids.study, uids.series, uids.sop, ".dcm"), uids
 
         url = config.endpoint.resource_url(unit.study, unit.series, None)
@@ -572,7 +474,7 @@ class Retriever:
                 return None
             uids = InstanceUids(target.study, target.series, target.sop)
             relative = config.layout.relative(target.study, target.series, target.sop, ".dcm")
-            done = self._complete(relative, uids, dicom=True)
+            done = find_complete(self._files, self.previous, relative, uids, dicom=True)
             if done is None:
                 return None
             found.append(done)
@@ -612,7 +514,7 @@ class Retriever:
                 got = self._parts(
                     unit, url, octet_accepts(config.transfer_syntax)[:1], stats, name, False
                 )
-            except _Failed as exc:
+            except Failed as exc:
                 outcomes.append(self._letter(unit, exc, suffix))
                 continue
             except _PartlyDone as exc:
@@ -625,7 +527,7 @@ class Retriever:
                 outcomes.append(
                     self._letter(
                         unit,
-                        _Failed(
+                        Failed(
                             Reason.BAD_RESPONSE, f"frames {missing} missing from the answer", 200
                         ),
                         suffix,
@@ -635,36 +537,15 @@ class Retriever:
 
     def _resume_plain(self, relative: str, unit: Target, outcomes: list[Outcome]) -> bool:
         """True when the file must be fetched; else its already-complete outcome is added."""
-        done = self._complete(relative, _uids(unit), dicom=False)
+        done = find_complete(self._files, self.previous, relative, _uids(unit), dicom=False)
         if done is None:
             return True
         outcomes.append(done)
         return False
 
 
-class _CutBody(Exception):
-    reason = Reason.TRUNCATED_RESPONSE
-
-
 class _PartlyDone(Exception):
-    def __init__(self, written: list[Outcome], failure: _Failed) -> None:
+    def __init__(self, written: list[Outcome], failure: Failed) -> None:
         super().__init__(failure.message)
         self.written = written
         self.failure = failure
-
-
-def _chunks(response: requests.Response) -> Iterator[bytes]:
-    """The body as it arrives: ``read1`` hands over what the socket has (up to a chunk), so
-    the parts before a cut are written even when the cut falls within the first chunk."""
-    raw = response.raw
-    read1 = getattr(raw, "read1", None)
-    if read1 is None:
-        yield from response.iter_content(CHUNK)
-        return
-    try:
-        while data := read1(CHUNK, decode_content=True):
-            yield data
-    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as exc:
-        raise requests.exceptions.ChunkedEncodingError(str(exc)) from None
-    except urllib3.exceptions.ReadTimeoutError as exc:
-        raise requests.exceptions.ConnectionError(str(exc)) from None
