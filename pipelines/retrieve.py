@@ -40,9 +40,9 @@ from transforms.dicomweb.auth import AuthConfig
 from transforms.errors import InvalidInputError
 from transforms.records import SearchMatch
 from transforms.results import RetrieveResult
-from transforms.retrieve import RetrieveFromDicomStore
+from transforms.retrieve import RetrieveFromDicomStore, parse_selection_line
 from transforms.search import SearchDicomStore
-from transforms.targets import Target, parse_target_line
+from transforms.targets import Target
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -142,10 +142,10 @@ def check_uids_file(path: str) -> int:
             except UnicodeDecodeError:
                 raise UsageError(f"--uids_file line {number}: not UTF-8 text") from None
             try:
-                target = parse_target_line(line, number)
+                parsed = parse_selection_line(line, number)
             except InvalidInputError as exc:
                 raise UsageError(f"--uids_file {exc.message}") from None
-            count += target is not None
+            count += parsed is not None
     if not count:
         raise UsageError(f"--uids_file {path!r} names no target")
     return count
@@ -156,13 +156,16 @@ class _ParseTargetsFn(beam.DoFn):
 
     def process(self, line: str) -> object:
         try:
-            target = parse_target_line(line, 0)
+            parsed = parse_selection_line(line, 0)
         except InvalidInputError as exc:
             letter = DeadLetter(Stage.SELECT, "uids_file", exc.reason, exc.message)
             yield beam.pvalue.TaggedOutput("failed", letter)
             return
-        if target is not None:
+        if parsed is not None:
+            target, expected = parsed
             yield target
+            if expected is not None and target.sop is not None:
+                yield beam.pvalue.TaggedOutput("expected", (target.sop, expected))
 
 
 class _MatchToTargetFn(beam.DoFn):
@@ -180,15 +183,17 @@ class _MatchToTargetFn(beam.DoFn):
 
 def select_targets(
     pipeline: beam.Pipeline, settings: RetrieveSettings
-) -> tuple[beam.PCollection, list[beam.PCollection]]:
-    """The targets of the run and the dead letters of selecting them."""
+) -> tuple[beam.PCollection, list[beam.PCollection], beam.PCollection | None]:
+    """The targets of the run, the dead letters of selecting them, and the sizes (and hashes)
+    a --uids_file of store records or manifest lines says the instances have."""
     if settings.uids_file:
         parsed = (
             pipeline
             | "ReadUidsFile" >> beam.io.ReadFromText(settings.uids_file)
-            | "ParseTargets" >> beam.ParDo(_ParseTargetsFn()).with_outputs("failed", main="targets")
+            | "ParseTargets"
+            >> beam.ParDo(_ParseTargetsFn()).with_outputs("failed", "expected", main="targets")
         )
-        return parsed.targets, [parsed.failed]
+        return parsed.targets, [parsed.failed], parsed.expected
     assert settings.selection is not None
     queries = pipeline | "SelectQueries" >> SelectQueries(settings.selection)
     config = search_config(settings.selection, settings.config.endpoint, settings.config.retry)
@@ -198,17 +203,18 @@ def select_targets(
     targets = found.matches | "MatchesToTargets" >> beam.ParDo(_MatchToTargetFn()).with_outputs(
         "failed", main="targets"
     )
-    return targets.targets, [queries.failed, found.failed, targets.failed]
+    return targets.targets, [queries.failed, found.failed, targets.failed], None
 
 
 def build(pipeline: beam.Pipeline, settings: RetrieveSettings) -> RetrieveResult:
-    targets, selection_failed = select_targets(pipeline, settings)
+    targets, selection_failed, expected = select_targets(pipeline, settings)
     result = targets | "RetrieveFromDicomStore" >> RetrieveFromDicomStore(
         settings.config,
         settings.output,
         auth=settings.auth,
         max_concurrency=settings.max_concurrency,
         previous_manifest=f"{settings.output}/{MANIFEST}-*.jsonl",
+        expected=expected,
     )
     failed = (*selection_failed, result.failed) | "AllDeadLetters" >> beam.Flatten()
     _ = (

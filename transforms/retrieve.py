@@ -29,6 +29,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter, Reason, Stage
+from transforms.dicom.uid import check_uid
 from transforms.dicomweb import concurrency
 from transforms.dicomweb.auth import AuthConfig, make_session
 from transforms.dicomweb.qido import iter_qido, page_end_rule
@@ -198,12 +199,15 @@ class _RetrieveFn(beam.DoFn):
         self,
         unit: Target,
         previous: Mapping[str, ManifestEntry],
+        expected: Mapping[str, ManifestEntry],
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
         assert self._shared is not None
         if previous:
             self._shared.retriever.previous = previous
+        if expected:
+            self._shared.retriever.expected = expected
         future = self._shared.executor.submit(self._shared.retriever.retrieve, unit)
         self._pending.append((future, window, timestamp))
         # Enough queued work to keep the pool busy, without holding a whole bundle in memory.
@@ -273,6 +277,45 @@ def _manifest_pairs(line: str) -> Iterable[tuple[str, ManifestEntry]]:
     return [entry] if entry else []
 
 
+def parse_selection_line(line: str, line_number: int) -> tuple[Target, ManifestEntry | None] | None:
+    """A ``--uids_file`` line: what ``parse_target_line`` reads, or a JSON line of this
+    project's own records (``stored-*.jsonl`` of pipelines.store, ``retrieved-*.jsonl``), whose
+    ``bytes`` (and ``sha256``) ``verify`` then checks the retrieved file against."""
+    text = line.strip()
+    if text.startswith("{") and '"sop_uid"' in text:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and "study_uid" in data:
+            where = f"line {line_number}"
+            try:
+                uids = [
+                    None if data.get(key) is None else check_uid(data.get(key), name)
+                    for key, name in (
+                        ("study_uid", "study_uid"),
+                        ("series_uid", "series_uid"),
+                        ("sop_uid", "sop_uid"),
+                    )
+                ]
+                if uids[0] is None:
+                    raise InvalidInputError(Reason.MISSING_UID, "study_uid is missing")
+                target = Target(uids[0], uids[1], uids[2])
+            except InvalidInputError as exc:
+                raise InvalidInputError(exc.reason, f"{where}: {exc.message}") from None
+            except ValueError:
+                raise InvalidInputError(
+                    Reason.MISSING_UID, f"{where}: sop_uid without series_uid"
+                ) from None
+            size, sha = data.get("bytes"), data.get("sha256")
+            expected = None
+            if isinstance(size, int) and target.sop is not None:
+                expected = ManifestEntry(size, sha if isinstance(sha, str) else None)
+            return target, expected
+    plain = parse_target_line(line, line_number)
+    return None if plain is None else (plain, None)
+
+
 def target_from_key(key: str) -> Target:
     target = parse_target_line(key, 0)
     assert target is not None
@@ -290,6 +333,8 @@ class RetrieveFromDicomStore(beam.PTransform):
       previous_manifest: glob of an earlier run's ``retrieved-*.jsonl``: files listed there
         with the same size and hash are not fetched again. DICOM files are recognised as
         complete without it (they parse to the end and hold the SOP Instance UID asked for).
+      expected: (SOP Instance UID, ManifestEntry) pairs: the size (and hash) ``verify`` checks
+        each retrieved instance against (from a store job's records or an earlier manifest).
       session_factory: builds the HTTP session instead of ``auth`` (tests, custom transports).
     """
 
@@ -301,6 +346,7 @@ class RetrieveFromDicomStore(beam.PTransform):
         auth: AuthConfig | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         previous_manifest: str | None = None,
+        expected: beam.PCollection | None = None,
         session_factory: SessionFactory | None = None,
     ) -> None:
         super().__init__()
@@ -311,6 +357,7 @@ class RetrieveFromDicomStore(beam.PTransform):
         self._auth = auth or AuthConfig()
         self._max_concurrency = max_concurrency
         self._previous_manifest = previous_manifest
+        self._expected = expected
         self._session_factory = session_factory
         self._pool_key = f"wado-{uuid.uuid4().hex}"
 
@@ -336,6 +383,7 @@ class RetrieveFromDicomStore(beam.PTransform):
                 self._session_factory,
             ),
             beam.pvalue.AsDict(previous),
+            beam.pvalue.AsDict(self._expected_pairs(targets.pipeline)),
         ).with_outputs(FAILED_TAG, main="retrieved")
         failed = (expanded[FAILED_TAG], fetched[FAILED_TAG]) | "FlattenFailed" >> beam.Flatten()
         return RetrieveResult(retrieved=fetched.retrieved, failed=failed)
@@ -348,6 +396,11 @@ class RetrieveFromDicomStore(beam.PTransform):
                 | "ParseManifest" >> beam.FlatMap(_manifest_pairs)
             )
         return pipeline | "NoPreviousManifest" >> beam.Create([])
+
+    def _expected_pairs(self, pipeline: beam.Pipeline) -> beam.PCollection:
+        if self._expected is not None:
+            return self._expected
+        return pipeline | "NoExpectedSizes" >> beam.Create([])
 
     def display_data(self) -> dict[str, object]:
         endpoint = self._config.endpoint

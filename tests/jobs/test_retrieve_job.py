@@ -206,3 +206,35 @@ def test_a_killed_run_is_finished_by_the_next_without_fetching_twice(
         expected = "already_complete" if row["sop_uid"] in done_before else "retrieved"
         assert row["status"] == expected
         assert Path(str(row["path"])).read_bytes() == inputs[str(row["sop_uid"])].read_bytes()
+
+
+def test_verify_checks_sizes_and_hashes_of_store_records_and_manifests(
+    orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    from pipelines import store
+
+    factory.write_ct_instances(tmp_path / "in", count=3, studies=1)
+    argv = ["--dicomweb_url", orthanc.dicomweb_url]
+    assert (
+        store.main(["--input", str(tmp_path / "in"), *argv, "--output", str(tmp_path / "s")]) == 0
+    )
+    records = _rows(tmp_path / "s", "stored")
+    records[0]["bytes"] = int(records[0]["bytes"]) + 1  # type: ignore[call-overload]
+    uids = tmp_path / "stored.jsonl"
+    uids.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    code = retrieve.main(["--uids_file", str(uids), *argv, "--output", str(out), "--verify"])
+    assert code == retrieve.EXIT_DEAD_LETTERS
+    [letter] = _rows(out, "dead_letter")
+    assert (letter["reason"], letter["sop_uid"]) == ("size_mismatch", records[0]["sop_uid"])
+    assert len(_rows(out, "retrieved")) == 2
+    assert not list(out.rglob(f"{records[0]['sop_uid']}.dcm"))  # never in place
+
+    # An earlier manifest as the selection: a hash that differs is a verify failure.
+    manifest = _rows(out, "retrieved")
+    manifest[0]["sha256"] = "0" * 64
+    uids.write_text("".join(json.dumps(r) + "\n" for r in manifest))
+    out2 = tmp_path / "out2"
+    code = retrieve.main(["--uids_file", str(uids), *argv, "--output", str(out2), "--verify"])
+    assert code == retrieve.EXIT_DEAD_LETTERS
+    assert [d["reason"] for d in _rows(out2, "dead_letter")] == ["verify_failed"]

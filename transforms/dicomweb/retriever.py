@@ -55,6 +55,7 @@ from transforms.dicomweb.wado_files import (
     CutBody,
     Failed,
     ManifestEntry,
+    check_expected,
     chunks,
     find_complete,
     verify_spool,
@@ -107,6 +108,8 @@ class Retriever:
         self._config = config
         self._files = files
         self.previous: Mapping[str, ManifestEntry] = previous or {}  # an earlier manifest
+        # SOP Instance UID -> size (and hash) the selection recorded, checked with ``verify``
+        self.expected: Mapping[str, ManifestEntry] = {}
         self._clock = clock
         self._lock = threading.Lock()
         self._single_part_ok: bool | None = None  # learnt from the server's first answers
@@ -252,6 +255,7 @@ class Retriever:
                     raise CutBody(f"the answer was cut ({type(exc).__name__})") from None
                 if dicom and self._config.verify:
                     verify_spool(spool, uids.sop or None)
+                    check_expected(spool, self.expected.get(uids.sop))
                 return [
                     self._commit(spool, relative, uids, content_type, answer.attempts + tries - 1)
                 ]
@@ -441,6 +445,8 @@ class Retriever:
 
         def name(index: int, headers: PartHeaders, spool: Spool) -> tuple[str, InstanceUids]:
             uids = verify_spool(spool, None)
+            if config.verify:
+                check_expected(spool, self.expected.get(uids.sop))
             if uids.study != unit.study or (unit.series and uids.series != unit.series):
                 raise Failed(Reason.BAD_RESPONSE, "a part belongs to another study or series")
             return config.layout.relative(uids.study, uids.series, uids.sop, ".dcm"), uids

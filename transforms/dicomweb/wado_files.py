@@ -27,10 +27,13 @@ CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """What an earlier run's manifest says about a file."""
+    """What an earlier run's manifest (or a store job's record) says about a file.
+
+    ``sha256`` is None where only the size is known (``pipelines.store``'s records).
+    """
 
     bytes: int
-    sha256: str
+    sha256: str | None
 
 
 class Failed(Exception):
@@ -151,3 +154,16 @@ def verify_spool(spool: Spool, sop: str | None) -> InstanceUids:
     if sop is not None and found.uids.sop != sop:
         raise Failed(Reason.VERIFY_FAILED, "retrieved file holds another SOP Instance UID")
     return found.uids
+
+
+def check_expected(spool: Spool, expected: ManifestEntry | None) -> None:
+    """The spooled file has the size (and hash) the selection said it would have."""
+    if expected is None:
+        return
+    if spool.size != expected.bytes:
+        raise Failed(
+            Reason.SIZE_MISMATCH,
+            f"retrieved {spool.size} bytes where the selection recorded {expected.bytes}",
+        )
+    if expected.sha256 is not None and spool.sha256 != expected.sha256:
+        raise Failed(Reason.VERIFY_FAILED, "retrieved bytes differ from the recorded sha256")
