@@ -88,6 +88,14 @@ class OutputFiles:
             directory = tempfile.gettempdir()
         return Spool(os.path.join(directory, f"part-{uuid.uuid4().hex}"))
 
+    def cleanup(self) -> None:
+        """Remove the local spool directory if nothing is left in it (a finished run)."""
+        if self.is_local:
+            try:
+                os.rmdir(os.path.join(self.prefix, SPOOL_DIR))
+            except OSError:
+                pass  # absent, or still used by another worker of this output
+
     def commit(self, spool: Spool, relative: str) -> str:
         """Move a complete spool file to its final name (atomic for the reader); its path."""
         spool.close()

@@ -80,11 +80,13 @@ class _Shared:
     session: requests.Session
     retriever: Retriever
     executor: concurrent.futures.ThreadPoolExecutor
+    files: OutputFiles
 
 
 def _close(shared: _Shared) -> None:
     shared.executor.shutdown(wait=True)
     shared.session.close()
+    shared.files.cleanup()
 
 
 class _ExpandFn(beam.DoFn):
@@ -183,11 +185,12 @@ class _RetrieveFn(beam.DoFn):
             session = self._session_factory()
         else:
             session = make_session(self._auth, pool_size=self._max_concurrency)
-        retriever = Retriever(session, self._config, OutputFiles(self._output))
+        files = OutputFiles(self._output)
+        retriever = Retriever(session, self._config, files)
         executor = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="wado"
         )
-        return _Shared(session, retriever, executor)
+        return _Shared(session, retriever, executor, files)
 
     def setup(self) -> None:
         self._shared = concurrency.acquire(self._pool_key, self._create, _close)

@@ -330,3 +330,31 @@ def test_a_transcode_to_explicit_little_endian_parses(corpus: Corpus, tmp_path: 
     assert letters == []
     ds = pydicom.dcmread(io.BytesIO(Path(files[0].path).read_bytes()))
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+
+
+def test_rendered_frames_and_viewport(corpus: Corpus, tmp_path: Path) -> None:
+    from PIL import Image
+
+    unit = _first(
+        corpus,
+        lambda ds: _syntax(*NATIVE)(ds) and _frames(ds) >= 3 and ds.BitsAllocated in (8, 16),
+    )  # Orthanc renders neither 32-bit dose grids nor 16-bit colour
+    ds = corpus.dataset(unit.sop or "")
+    retriever = _retriever(
+        corpus.server.dicomweb_url,
+        tmp_path,
+        what="rendered",
+        render_frames=(),
+    )
+    files, letters = _run(retriever, [unit])
+    assert letters == [], [(d.source.rsplit("/", 3)[1:], d.message) for d in letters]
+    names = sorted(Path(f.path).name.rsplit("_", 1)[1] for f in files)
+    assert names == sorted(f"frame{i}.png" for i in range(1, _frames(ds) + 1))
+    for f in files:
+        assert Image.open(f.path).size == (ds.Columns, ds.Rows)
+    ct = _first(corpus, lambda d: _syntax(*NATIVE)(d) and d.Modality == "CT")
+    small = _retriever(
+        corpus.server.dicomweb_url, tmp_path / "vp", what="rendered", viewport=(32, 32)
+    )
+    [image], _ = _run(small, [ct])
+    assert max(Image.open(image.path).size) <= 32  # scaled into the viewport

@@ -340,20 +340,19 @@ class Retriever:
             frames = config.render_frames
         else:
             frames = tuple(range(1, number_of_frames(self._instance_metadata(unit, stats)) + 1))
-        params = (
-            {"viewport": f"{config.viewport[0]},{config.viewport[1]}"} if config.viewport else None
-        )
+        # Written out, not passed as params: requests would send the comma as %2C, which
+        # Orthanc does not decode (as with QIDO values).
+        query = f"?viewport={config.viewport[0]},{config.viewport[1]}" if config.viewport else ""
 
         def one(frame: int | None) -> Callable[[], RetrievedFile]:
             suffix = ext if frame is None else f"_frame{frame}{ext}"
             relative = config.layout.relative(unit.study, unit.series or "", unit.sop or "", suffix)
             return lambda: self._file(
-                rendered_url(instance_url, frame),
+                rendered_url(instance_url, frame) + query,
                 (media,),
                 relative,
                 _uids(unit),
                 stats,
-                params=params,
             )
 
         return self._each(
