@@ -368,12 +368,13 @@ class RetrieveFromDicomStore(beam.PTransform):
         expanded = targets | "ExpandToUnits" >> beam.ParDo(
             _ExpandFn(self._config, self._auth, self._session_factory)
         ).with_outputs(FAILED_TAG, main="units")
+        # One shuffle both de-duplicates the units (grouped by their key) and spreads them over
+        # workers (keys are hashed to workers), as Distinct then Reshuffle would in two.
         units = (
             expanded.units
-            | "UnitKeys" >> beam.Map(lambda t: t.key)
-            | "DistinctUnits" >> beam.Distinct()
-            | "SpreadUnits" >> beam.Reshuffle()
-            | "KeysToUnits" >> beam.Map(target_from_key)
+            | "KeyUnits" >> beam.Map(lambda t: (t.key, None))
+            | "DistinctAndSpread" >> beam.GroupByKey()
+            | "KeysToUnits" >> beam.Map(lambda kv: target_from_key(kv[0]))
         )
         previous = self._previous(targets.pipeline)
         fetched = units | "RetrieveUnits" >> beam.ParDo(

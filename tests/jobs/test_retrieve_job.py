@@ -238,3 +238,28 @@ def test_verify_checks_sizes_and_hashes_of_store_records_and_manifests(
     code = retrieve.main(["--uids_file", str(uids), *argv, "--output", str(out2), "--verify"])
     assert code == retrieve.EXIT_DEAD_LETTERS
     assert [d["reason"] for d in _rows(out2, "dead_letter")] == ["verify_failed"]
+
+
+@pytest.mark.parametrize("granularity", ["series", "study"])
+def test_a_rerun_does_not_fetch_a_complete_series_or_study_again(
+    orthanc: LocalOrthanc, tmp_path: Path, granularity: str
+) -> None:
+    inputs = _store(orthanc, tmp_path / "in", count=4, studies=2)
+    uids = _uids_file(tmp_path / "uids.txt", inputs, "studies")
+    out = tmp_path / "out"
+    with WadoProxy(orthanc.rest_url, lambda method, path, seen: "forward") as proxy:
+        argv = ["--uids_file", str(uids), "--dicomweb_url", f"{proxy.base_url}/dicom-web"]
+        argv += ["--output", str(out), "--granularity", granularity]
+        assert retrieve.main(argv) == retrieve.EXIT_OK
+        first = sum(n for p, n in proxy.seen.items() if not p.split("?")[0].endswith("instances"))
+        proxy.seen.clear()
+        (Path(str(_rows(out, "retrieved")[0]["path"]))).unlink()  # one file lost since
+        assert retrieve.main(argv) == retrieve.EXIT_OK
+        listings = ("studies", "instances", "series")  # preflight and QIDO, not WADO
+        wado = [p for p in proxy.seen if not p.split("?")[0].endswith(listings)]
+    rows = _rows(out, "retrieved")
+    assert sorted(str(r["sop_uid"]) for r in rows) == sorted(inputs)
+    assert sorted(str(r["status"]) for r in rows).count("already_complete") >= 1
+    assert first >= 2 and len(wado) == 1  # only the incomplete unit is fetched again
+    for row in rows:
+        assert Path(str(row["path"])).read_bytes() == inputs[str(row["sop_uid"])].read_bytes()

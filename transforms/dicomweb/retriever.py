@@ -61,7 +61,7 @@ from transforms.dicomweb.wado_files import (
     verify_spool,
     write_answer,
 )
-from transforms.errors import HttpError
+from transforms.errors import HttpError, InvalidInputError
 from transforms.output_files import OutputFiles, Spool
 from transforms.records import (
     STATUS_RETRIEVED,
@@ -460,10 +460,19 @@ class Retriever:
     def _all_complete(self, unit: Target, stats: Stats) -> list[Outcome] | None:
         """On a re-run, the series' or study's files when every one is complete already."""
         config = self._config
-        probe = config.layout.relative(unit.study, unit.series or "series", "instance", "")
-        directory = probe.rsplit("/", 1)[0] if "/" in probe else ""
+        # The deepest directory every file of the unit is below: where a re-run finds them.
+        probe = config.layout.relative(unit.study, unit.series or "\0", "\0", "")
+        known = probe.split("\0", 1)[0]
+        directory = known.rsplit("/", 1)[0] if "/" in known else ""
         if not self._files.any_below(directory):
             return None
+        try:
+            return self._listed_complete(unit)
+        except (HttpError, InvalidInputError):
+            return None  # cannot tell: fetch the unit
+
+    def _listed_complete(self, unit: Target) -> list[Outcome] | None:
+        config = self._config
         url = config.endpoint.resource_url(unit.study, unit.series, None) + "/instances"
         found: list[Outcome] = []
         rows = iter_qido(
