@@ -4,6 +4,7 @@ bulk data and frames found in metadata; and the atomic output files."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,56 @@ def test_output_files_are_atomic_and_measured(tmp_path: Path) -> None:
     aborted.write(b"partial")
     aborted.discard()
     assert os.listdir(tmp_path / SPOOL_DIR) == []
+
+
+class _PrefixedFileSystems:
+    """Beam's FileSystems for ``fake://`` paths, mapped to a local directory: the remote code
+    path of OutputFiles (temporary object, rename, match, open) without a bucket."""
+
+    def __init__(self, root: Path) -> None:
+        from apache_beam.io.filesystems import FileSystems
+
+        self._fs = FileSystems
+        self._root = str(root)
+        self.renames: list[tuple[str, str]] = []
+
+    def _local(self, path: str) -> str:
+        assert path.startswith("fake://")
+        return self._root + "/" + path[len("fake://") :]
+
+    def create(self, path: str) -> object:
+        os.makedirs(os.path.dirname(self._local(path)), exist_ok=True)
+        return self._fs.create(self._local(path))
+
+    def rename(self, sources: list[str], destinations: list[str]) -> None:
+        self.renames += list(zip(sources, destinations, strict=True))
+        self._fs.rename([self._local(s) for s in sources], [self._local(d) for d in destinations])
+
+    def match(self, patterns: list[str]) -> object:
+        return self._fs.match([self._local(p) for p in patterns])
+
+    def open(self, path: str, compression_type: object) -> object:
+        return self._fs.open(self._local(path), compression_type=compression_type)
+
+
+def test_remote_outputs_go_through_a_temporary_object_then_a_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transforms.output_files as output_files
+
+    fake = _PrefixedFileSystems(tmp_path / "bucket")
+    monkeypatch.setattr(output_files, "_filesystems", lambda: fake)
+    files = OutputFiles("fake://export")
+    assert not files.is_local and files.size("1/2/3.dcm") is None
+    spool = files.spool()
+    assert spool.path.startswith(tempfile.gettempdir())  # spooled locally first
+    spool.write(b"DICM" * 1000)
+    final = files.commit(spool, "1/2/3.dcm")
+    assert final == "fake://export/1/2/3.dcm"
+    [(temporary, destination)] = fake.renames
+    assert destination == final and temporary.startswith(final + ".part-")
+    assert (tmp_path / "bucket/export/1/2/3.dcm").read_bytes() == b"DICM" * 1000
+    assert not os.path.exists(spool.path)
+    assert files.size("1/2/3.dcm") == 4000
+    assert files.sha256("1/2/3.dcm") == spool.sha256
+    assert files.any_below("1/2") and not files.any_below("9")
