@@ -185,3 +185,21 @@ def test_an_answer_cut_once_is_fetched_again(orthanc: LocalOrthanc, tmp_path: Pa
     assert failed == []
     assert sorted(f.uids.sop for f in files) == sorted(inputs)
     _assert_complete(files, inputs)
+
+
+def test_a_persistent_503_exhausts_the_retries_of_that_instance_only(
+    orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    inputs = _store(orthanc, tmp_path / "in", count=3, studies=1)
+    targets = _targets(inputs, "instances")
+    busy = targets[0].sop or ""
+
+    def rule(method: str, path: str, seen: int) -> str:
+        return "503" if path.endswith(busy) else "forward"
+
+    with WadoProxy(orthanc.rest_url, rule) as proxy:
+        files, failed, _ = _run(f"{proxy.base_url}/dicom-web", targets, tmp_path / "out")
+    assert sorted(f.uids.sop for f in files) == sorted(set(inputs) - {busy})
+    assert [(d.reason, d.http_status, d.attempts) for d in failed] == [
+        ("retries_exhausted", 503, FAST.max_attempts)
+    ]

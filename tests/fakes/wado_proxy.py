@@ -11,8 +11,8 @@ announced (a connection lost mid-transfer), or a slow answer (to kill a job mid-
     with WadoProxy(orthanc.rest_url, rule) as proxy:
         url = proxy.base_url + "/dicom-web"
 
-A rule returns ``forward``, ``500``, ``cut:N`` (send the first N bytes of the body then close),
-or ``slow:S`` (wait S seconds, then forward). Stdlib only.
+A rule returns ``forward``, ``500``, ``503``, ``cut:N`` (send the first N bytes of the body, then
+close), or ``slow:S`` (wait S seconds, then forward). Stdlib only.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         proxy = self.server.proxy
         action = proxy.decide(self.command, self.path)
-        if action == "500":
-            body = b'{"Message": "proxy: injected 500"}'
-            self.send_response_only(500)
+        if action in ("500", "503"):
+            body = f'{{"Message": "proxy: injected {action}"}}'.encode()
+            self.send_response_only(int(action))
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
