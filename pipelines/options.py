@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
@@ -176,19 +177,24 @@ def _expand_directory(pattern: str) -> str:
     return pattern
 
 
-# --- retrieve (WADO-RS) family ---
-def _add_once(
-    parser: argparse.ArgumentParser, group: argparse._ArgumentGroup, name: str, **kwargs: object
-) -> None:
-    """Adds an option another job's class may define too (--output, --max_concurrency).
+# --- search (QIDO-RS) -------------------------------------------------------------------------
 
-    Beam parses every imported PipelineOptions class with one parser, so two classes adding
-    the same option string would conflict; the meaning (and dest) is the same in every job.
+
+def add_shared_option(group: Any, *names: str, **kwargs: Any) -> None:
+    """Declare an option several jobs share (``--output``, ``--max_concurrency``) unless an
+    option class already did.
+
+    Beam parses every ``PipelineOptions`` subclass ever imported in one parser, so two jobs'
+    classes declaring ``--output`` collide (argparse: "conflicting option string") as soon as
+    both modules are loaded, e.g. in tests. Declarations must agree on ``dest``, type and default.
     """
-    if name not in parser._option_string_actions:  # noqa: SLF001
-        group.add_argument(name, **kwargs)  # type: ignore[arg-type]
+    known = group._option_string_actions  # noqa: SLF001 - shared by a parser and its groups
+    if any(name in known for name in names):
+        return
+    group.add_argument(*names, **kwargs)
 
 
+# --- retrieve (WADO-RS) family ---
 class RetrieveOptions(PipelineOptions):
     """Options of pipelines.retrieve (the selection options come with them)."""
 
@@ -202,8 +208,7 @@ class RetrieveOptions(PipelineOptions):
             help="file (local or gs://) of targets, one a line: study, study/series, "
             "study/series/instance, or a JSON line of pipelines.search's results",
         )
-        _add_once(
-            parser,
+        add_shared_option(
             g,
             "--output",
             help="prefix for the files, retrieved-*.jsonl and dead_letter-*.jsonl",
@@ -244,8 +249,7 @@ class RetrieveOptions(PipelineOptions):
             action="store_true",
             help="instances: check each file parses and holds the SOP Instance UID asked for",
         )
-        _add_once(
-            parser,
+        add_shared_option(
             g,
             "--max_concurrency",
             type=positive_int,

@@ -21,8 +21,9 @@ STUDIES = [
     ("MILLER^BOB", "PID-4", "20211231", "ACC-0004", [("CT", 1), ("SR", 1)]),
     ("DOE^JOHNNY", "PID-5", "20190704", "ACC-0005", [("MR", 3)]),
 ]
-# Real files with their own attributes (and distinct SOP Instance UIDs).
-PYDICOM_FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "waveform_ecg.dcm"]
+# Real files with their own attributes (and distinct SOP Instance UIDs); reportsi.dcm has a
+# space in its PatientName ("Last Name^First Name").
+PYDICOM_FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "waveform_ecg.dcm", "reportsi.dcm"]
 
 
 @dataclass(frozen=True)

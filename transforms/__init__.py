@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "StowConfig": "transforms.dicomweb.stow",
     "WriteToDicomStore": "transforms.stow",
     # search (QIDO-RS)
+    "MatchBatch": "transforms.records",
     "Paging": "transforms.dicomweb.qido",
     "QueriesResult": "transforms.results",
     "ReadQueries": "transforms.search",
@@ -74,6 +75,7 @@ __all__ = [
     "StowConfig",
     "WriteToDicomStore",
     # search (QIDO-RS)
+    "MatchBatch",
     "Paging",
     "QueriesResult",
     "ReadQueries",
@@ -104,7 +106,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
 
 if TYPE_CHECKING:  # search (QIDO-RS)
     from transforms.dicomweb.qido import Paging, SearchConfig
-    from transforms.records import SearchMatch, SearchQuery
+    from transforms.records import MatchBatch, SearchMatch, SearchQuery
     from transforms.results import QueriesResult, SearchResult
     from transforms.search import ReadQueries, SearchDicomStore
 

@@ -160,6 +160,23 @@ class SearchMatch:
         return f'{{"query_id": {self.query_id}, {body[1:]}'
 
 
+@dataclass(frozen=True)
+class MatchBatch:
+    """Consecutive matches of one query in one element (``SearchDicomStore(batch_matches=N)``):
+    a job that only writes them pays Beam's per-element cost once per batch, not per match."""
+
+    query_id: int
+    level: str
+    datasets_json: tuple[str, ...]
+
+    def matches(self) -> list[SearchMatch]:
+        return [SearchMatch(self.query_id, self.level, text) for text in self.datasets_json]
+
+    def to_jsonl(self) -> str:
+        """The batch's lines of ``results-*.jsonl`` (no final newline: one text element)."""
+        return "\n".join(m.to_json() for m in self.matches())
+
+
 # --- retrieve (WADO-RS) family ---
 STATUS_RETRIEVED = "retrieved"
 STATUS_ALREADY_COMPLETE = "already_complete"

@@ -9,7 +9,8 @@ A query's matches are handed on only when the query is complete: they are spoole
 then in a temporary file past 1 MiB) while it pages, so a query that fails half-way leaves one
 dead letter and none of its matches, and a large result never sits in memory. Queries are
 spread over workers (Reshuffle) and each worker process runs at most ``max_concurrency`` at once
-over pooled connections.
+over pooled connections; a large query asks its next page while it reads one (at most
+``max_concurrency`` such pages ahead per process).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from transforms.dicomweb.qido_query import (
 )
 from transforms.errors import HttpError
 from transforms.files import open_source
-from transforms.records import SearchMatch, SearchQuery
+from transforms.records import MatchBatch, SearchMatch, SearchQuery
 from transforms.results import QueriesResult, SearchResult
 
 FAILED_TAG = "failed"
@@ -77,13 +78,17 @@ def _dead_letter(query: SearchQuery, reason: str, message: str, **extra: object)
 
 
 def answer(
-    session: requests.Session, config: SearchConfig, query: SearchQuery, spool_memory: int
+    session: requests.Session,
+    config: SearchConfig,
+    query: SearchQuery,
+    spool_memory: int,
+    fetcher: concurrent.futures.Executor | None = None,
 ) -> _Outcome:
     """Run one query to completion; every failure becomes the query's one dead letter."""
     stats = SearchStats()
     spool = SpoolSink(max_memory=spool_memory)
     try:
-        run_search(session, config, query, spool, stats=stats)
+        run_search(session, config, query, spool, stats=stats, fetcher=fetcher)
         return _Outcome(query, stats, spool, None)
     except HttpError as exc:
         failure = _dead_letter(
@@ -92,7 +97,7 @@ def answer(
             exc.message,
             http_status=exc.status,
             server_detail=exc.detail,
-            attempts=stats.requests,
+            attempts=exc.attempts,  # of the request that failed, as for every dead letter
         )
     except TooManyMatches as exc:
         failure = _dead_letter(query, Reason.TOO_MANY_MATCHES, str(exc), attempts=stats.requests)
@@ -111,11 +116,13 @@ def answer(
 @dataclass
 class _Shared:
     session: requests.Session
-    executor: concurrent.futures.ThreadPoolExecutor
+    executor: concurrent.futures.ThreadPoolExecutor  # runs queries, each fetching its pages
+    pages: concurrent.futures.ThreadPoolExecutor  # fetches pages read ahead of large queries
 
 
 def _close(shared: _Shared) -> None:
     shared.executor.shutdown(wait=True)
+    shared.pages.shutdown(wait=True)
     shared.session.close()
 
 
@@ -130,6 +137,7 @@ class _SearchFn(beam.DoFn):
         pool_key: str,
         session_factory: SessionFactory | None,
         spool_memory: int,
+        batch_matches: int,
     ) -> None:
         self._config = config
         self._auth = auth
@@ -137,6 +145,7 @@ class _SearchFn(beam.DoFn):
         self._pool_key = pool_key
         self._session_factory = session_factory
         self._spool_memory = spool_memory
+        self._batch_matches = batch_matches
         self._shared: _Shared | None = None
         self._pending: list[tuple[concurrent.futures.Future[_Outcome], BoundedWindow, Timestamp]]
         self._pending = []
@@ -149,7 +158,12 @@ class _SearchFn(beam.DoFn):
         executor = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="qido"
         )
-        return _Shared(session, executor)
+        # Pages read ahead have their own pool, never waiting on anything, so a query waiting
+        # for them cannot starve them; requests in flight stay at most 2 * max_concurrency.
+        pages = concurrent.futures.ThreadPoolExecutor(
+            self._max_concurrency, thread_name_prefix="qido-page"
+        )
+        return _Shared(session, executor, pages)
 
     def setup(self) -> None:
         self._shared = concurrency.acquire(self._pool_key, self._create, _close)
@@ -164,8 +178,9 @@ class _SearchFn(beam.DoFn):
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
         assert self._shared is not None
-        future = self._shared.executor.submit(
-            answer, self._shared.session, self._config, query, self._spool_memory
+        shared = self._shared
+        future = shared.executor.submit(
+            answer, shared.session, self._config, query, self._spool_memory, shared.pages
         )
         self._pending.append((future, window, timestamp))
         # Enough queued queries to keep the pool busy, few enough finished spools waiting.
@@ -192,10 +207,12 @@ class _SearchFn(beam.DoFn):
             for entry in done:
                 self._pending.remove(entry)
                 future, window, timestamp = entry
-                yield from _emit(future.result(), window, timestamp)
+                yield from _emit(future.result(), window, timestamp, self._batch_matches)
 
 
-def _emit(outcome: _Outcome, window: BoundedWindow, timestamp: Timestamp) -> Iterator[object]:
+def _emit(
+    outcome: _Outcome, window: BoundedWindow, timestamp: Timestamp, batch_matches: int
+) -> Iterator[object]:
     stats = outcome.stats
     metrics.inc(metrics.HTTP_REQUESTS, stats.requests)
     metrics.inc(metrics.HTTP_RETRIES, stats.retries)
@@ -214,8 +231,23 @@ def _emit(outcome: _Outcome, window: BoundedWindow, timestamp: Timestamp) -> Ite
     metrics.inc(metrics.SEARCH_QUERIES)
     metrics.inc(metrics.SEARCH_MATCHES_PREFIX + query.level, outcome.spool.rows)
     progress.for_label("search").add(items=1)
+    windows = (window,)
+    if not batch_matches:
+        for line in outcome.spool.lines():
+            yield WindowedValue(SearchMatch(query.query_id, query.level, line), timestamp, windows)
+        return
+    batch: list[str] = []
     for line in outcome.spool.lines():
-        yield WindowedValue(SearchMatch(query.query_id, query.level, line), timestamp, (window,))
+        batch.append(line)
+        if len(batch) == batch_matches:
+            yield WindowedValue(
+                MatchBatch(query.query_id, query.level, tuple(batch)), timestamp, windows
+            )
+            batch = []
+    if batch:
+        yield WindowedValue(
+            MatchBatch(query.query_id, query.level, tuple(batch)), timestamp, windows
+        )
 
 
 class SearchDicomStore(beam.PTransform):
@@ -224,9 +256,12 @@ class SearchDicomStore(beam.PTransform):
     Args:
       config: endpoint, paging (page size, page-end rule, caps) and retries.
       auth: credentials, built on each worker.
-      max_concurrency: queries (so requests) in flight per worker process at most.
+      max_concurrency: queries in flight per worker process at most (and as many pages read
+        ahead for large queries: 2 * max_concurrency requests at most).
       session_factory: builds the HTTP session instead of ``auth`` (tests, custom transports).
       spool_memory: bytes of a query's matches kept in memory before spilling to a temp file.
+      batch_matches: 0 (the default) for one ``SearchMatch`` per element of ``matches``; N for
+        ``MatchBatch`` elements of up to N matches of one query (for jobs that only write them).
     """
 
     def __init__(
@@ -237,10 +272,14 @@ class SearchDicomStore(beam.PTransform):
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         session_factory: SessionFactory | None = None,
         spool_memory: int = SPOOL_MEMORY_BYTES,
+        batch_matches: int = 0,
     ) -> None:
         super().__init__()
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be positive")
+        if batch_matches < 0:
+            raise ValueError("batch_matches must not be negative")
+        self._batch_matches = batch_matches
         self._config = config
         self._auth = auth or AuthConfig()
         self._max_concurrency = max_concurrency
@@ -261,6 +300,7 @@ class SearchDicomStore(beam.PTransform):
                     self._pool_key,
                     self._session_factory,
                     self._spool_memory,
+                    self._batch_matches,
                 )
             ).with_outputs(FAILED_TAG, main="matches")
         )

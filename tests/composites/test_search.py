@@ -129,3 +129,20 @@ def test_read_queries_numbers_queries_by_line_and_dead_letters_bad_lines(tmp_pat
             equal_to([(f"{path}:4", "bad_query")]),
             label="BadLine",
         )
+
+
+def test_matches_in_batches_of_one_query(standin: QidoStandin, corpus: search_data.Corpus) -> None:
+    queries = [
+        SearchQuery(1, "instances", filters=(parse_filter("PatientName=DOE^*"),)),
+        SearchQuery(2, "instances", filters=(parse_filter("Modality=SR"),)),
+    ]
+    config = SearchConfig(DicomwebEndpoint(standin.dicomweb_url), Paging(4), FAST_RETRY)
+    with TestPipeline() as p:
+        result = p | beam.Create(queries) | SearchDicomStore(config, batch_matches=5)
+        sizes = result.matches | beam.Map(lambda b: (b.query_id, len(b.datasets_json)))
+        doe = len(corpus.uids("instances", lambda d: str(d.PatientName).startswith("DOE^")))
+        sr = len(corpus.uids("instances", lambda d: d.Modality == "SR"))
+        assert doe == 12 and sr == 2
+        assert_that(sizes, equal_to([(1, 5), (1, 5), (1, 2), (2, 2)]), label="Batches")
+        keys = result.matches | beam.FlatMap(lambda b: [_key(m) for m in b.matches()])
+        assert_that(keys | beam.combiners.Count.Globally(), equal_to([doe + sr]), label="All")

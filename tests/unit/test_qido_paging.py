@@ -3,6 +3,7 @@ against the QIDO stand-in (Google's caps, shrunk), which is what no real server 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,7 +124,7 @@ def test_a_short_page_from_a_capping_server_ends_nothing_under_the_empty_rule(
     query = SearchQuery(1, "instances")
     rows, stats = _search(session, standin, query, Paging(page_size=10, page_end=PAGE_END_EMPTY))
     assert sorted(_uids(rows, "00080018")) == sorted(corpus.uids("instances"))
-    assert stats.pages == 6  # 4+4+4+4+4, then the empty page
+    assert stats.pages == 7  # 4+4+4+4+4+1, then the empty page
     # The short rule is right only where the limit is honoured: here it would stop at 4.
     rows, _ = _search(session, standin, query, Paging(page_size=10, page_end=PAGE_END_SHORT))
     assert len(rows) == 4
@@ -134,18 +135,18 @@ def test_short_rule_saves_the_empty_page_where_the_limit_is_honoured(
 ) -> None:
     rows, stats = _search(session, standin, SearchQuery(1, "studies"), Paging(3, PAGE_END_SHORT))
     assert sorted(_uids(rows, "0020000D")) == sorted(corpus.uids("studies"))
-    assert stats.pages == 4  # 3 + 3 + 3 (9 studies): a full last page needs one empty page
+    assert stats.pages == 4  # 3 + 3 + 3 + 1 (10 studies): the short page ends it
     rows, stats = _search(session, standin, SearchQuery(1, "series"), Paging(3, PAGE_END_SHORT))
-    assert len(rows) == 11 and stats.pages == 4  # 3+3+3+2: the short page ends it
+    assert len(rows) == 12 and stats.pages == 5  # 3+3+3+3: a full last page needs an empty one
 
 
 @pytest.mark.parametrize(
     "query, max_offset",
     [
-        (SearchQuery(1, "instances"), 8),
-        (SearchQuery(1, "series"), 8),
-        (SearchQuery(1, "instances", filters=(parse_filter("PatientName=DOE^*"),)), 8),
-        (SearchQuery(1, "instances", filters=(parse_filter("StudyDate=20190101-20211231"),)), 8),
+        (SearchQuery(1, "instances"), 10),
+        (SearchQuery(1, "series"), 10),
+        (SearchQuery(1, "instances", filters=(parse_filter("PatientName=DOE^*"),)), 10),
+        (SearchQuery(1, "instances", filters=(parse_filter("StudyDate=20190101-20211231"),)), 10),
         (SearchQuery(1, "studies", filters=(parse_filter("StudyDate=20000101-20221231"),)), 4),
     ],
     ids=["instances", "series", "name", "instance-dates", "study-dates"],
@@ -199,7 +200,7 @@ def test_a_failing_page_is_retried_then_fails_the_search(
 
     standin.caps.fail = fail_twice_at_offset_3
     rows, stats = _search(session, standin, SearchQuery(1, "studies"), Paging(3, "empty"))
-    assert len(rows) == 9 and stats.retries == 2
+    assert len(rows) == 10 and stats.retries == 2
     standin.caps.fail = lambda path, params: params.get("offset") == "3"
     with pytest.raises(HttpError) as err:
         _search(session, standin, SearchQuery(1, "studies"), Paging(3, "empty"))
@@ -241,3 +242,36 @@ def test_the_spool_takes_rows_back_and_spills_to_disk() -> None:
     sink.write([{"d": 4}])
     assert sink.rows == 2
     assert list(sink.lines()) == ['{"a": 1}', '{"d": 4}']
+
+
+@pytest.mark.parametrize("max_limit, page_end", [(5000, "short"), (4, "empty"), (3, "empty")])
+def test_pages_read_ahead_on_a_pool_give_the_same_rows_in_order(
+    session: requests.Session,
+    standin: QidoStandin,
+    corpus: search_data.Corpus,
+    max_limit: int,
+    page_end: str,
+) -> None:
+    standin.caps.max_limit = max_limit  # below the limit asked: pages shorter than asked
+    query = SearchQuery(1, "instances")
+    serial, _ = _search(session, standin, query, Paging(5, page_end))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        cfg = SearchConfig(
+            DicomwebEndpoint(standin.dicomweb_url), Paging(5, page_end), POLICY, read_ahead=3
+        )
+        sink = SpoolSink()
+        stats = run_search(session, cfg, query, sink, fetcher=pool)
+        ahead = [json.loads(line) for line in sink.lines()]
+    assert ahead == serial  # same rows, same order: guesses at wrong offsets are dropped
+    assert sorted(_uids(ahead, "00080018")) == sorted(corpus.uids("instances"))
+    assert stats.requests >= stats.pages
+
+
+def test_a_small_search_asks_nothing_ahead(session: requests.Session, standin: QidoStandin) -> None:
+    query = SearchQuery(1, "studies", filters=(parse_filter("PatientName=DOE^JOHN"),))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        cfg = SearchConfig(DicomwebEndpoint(standin.dicomweb_url), Paging(5), POLICY, read_ahead=3)
+        sink = SpoolSink()
+        stats = run_search(session, cfg, query, sink, fetcher=pool)
+    assert sink.rows == 1 and stats.requests == 2  # the page and the empty page, nothing more
+    sink.close()

@@ -124,9 +124,10 @@ def _caret_as_typed(url: str) -> str:
 
 
 class _CaretConnection(urllib3.connection.HTTPConnection):
-    """Sends ``^`` in a query as typed: Orthanc does not percent-decode QIDO values, so
-    ``PatientName=DOE%5EJOHN`` matches nothing there. Servers that decode see the same value.
-    (``%5E`` can only come from urllib3 here: QIDO values escape ``%`` as ``%25``.)"""
+    """Sends ``^`` in a query as typed (requests and urllib3 both turn it into ``%5E``):
+    Orthanc does not percent-decode QIDO values, so ``PatientName=DOE%5EJOHN`` matches nothing
+    there, while servers that decode see the same value either way. No ``%5E`` is meant
+    literally: QIDO values escape ``%`` itself as ``%25``."""
 
     def putrequest(self, method: str, url: str, *args: Any, **kwargs: Any) -> None:
         super().putrequest(method, _caret_as_typed(url), *args, **kwargs)

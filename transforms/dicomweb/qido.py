@@ -15,8 +15,10 @@ far as a success):
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
@@ -124,6 +126,9 @@ class SearchConfig:
     paging: Paging = Paging()
     retry: http.RetryPolicy = http.RetryPolicy()
     encoding: str = ENCODING_MINIMAL  # tests send ``full`` to show what Orthanc does with it
+    # Pages asked ahead once a search has proved larger than one page (with a fetcher pool):
+    # offset paging is otherwise one request at a time, and the server may have idle cores.
+    read_ahead: int = 1
 
 
 # --- paging -----------------------------------------------------------------------------------
@@ -166,30 +171,35 @@ def iter_pages(
     stats: SearchStats | None = None,
     clock: http.Clock | None = None,
     on_retry: http.OnRetry | None = None,
+    fetcher: concurrent.futures.Executor | None = None,
+    read_ahead: int = 0,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Yield the non-empty pages (lists of DICOM JSON objects) of one search.
+    """Yield the non-empty pages (lists of DICOM JSON objects) of one search, in order.
 
     Args:
       params: the encoded query string without limit/offset (``qido_query.query_string``).
+      fetcher: runs the pages asked ahead (their number in flight is bounded by its threads);
+        the page needed now is always fetched in the calling thread.
+      read_ahead: pages asked ahead of the one being read, once pages look steady (a full page,
+        or twice the same length from a server capping pages), so a small search costs no extra
+        request. A page read ahead is used only if its offset is where the previous page ended;
+        guesses made with another page length are dropped.
     Raises:
       HttpError: a page failed after retries, or the answer is not a JSON array of objects.
       OffsetCapReached: more pages remain past ``max_offset``.
     """
     stats = stats if stats is not None else SearchStats()
     counted = stats
+    lock = threading.Lock()
 
     def retried(status: int | None, wait: float) -> None:
-        counted.on_retry(status, wait)
+        with lock:  # page requests may run in several threads
+            counted.on_retry(status, wait)
         if on_retry is not None:
             on_retry(status, wait)
 
-    offset = 0
-    previous_first: dict[str, Any] | None = None
-    while True:
-        if not offset_allowed(offset, max_offset):
-            raise OffsetCapReached(f"more than {max_offset:,} matches (the server's offset cap)")
+    def fetch(offset: int) -> list[dict[str, Any]]:
         paging = f"limit={limit}&offset={offset}"
-        stats.requests += 1
         resp = http.send(
             session,
             "GET",
@@ -199,19 +209,59 @@ def iter_pages(
             clock=clock,
             on_retry=retried,
         )
-        page = _parse_page(resp, offset)
-        stats.pages += 1
-        if page and offset and page[0] == previous_first:
-            # A server ignoring offset would otherwise be paged forever.
-            raise HttpError(
-                Reason.BAD_RESPONSE, f"the page at offset {offset} repeats the previous one"
-            )
-        if page:
-            previous_first = page[0]
-            yield page
-        if page_is_last(len(page), limit, page_end):
-            return
-        offset += len(page)
+        return _parse_page(resp, offset)
+
+    def ask(offset: int, ahead: bool = False) -> concurrent.futures.Future[list[dict[str, Any]]]:
+        stats.requests += 1
+        if fetcher is None or not ahead:  # the page needed now: no thread hop for it
+            done: concurrent.futures.Future[list[dict[str, Any]]] = concurrent.futures.Future()
+            try:
+                done.set_result(fetch(offset))
+            except BaseException as exc:  # re-raised by result() below, as a direct call would
+                done.set_exception(exc)
+            return done
+        return fetcher.submit(fetch, offset)
+
+    asked: dict[int, concurrent.futures.Future[list[dict[str, Any]]]] = {}
+    offset = 0
+    stride = 0  # rows per page to guess with; 0: no guessing
+    last_length = -1
+    previous_first: dict[str, Any] | None = None
+    try:
+        while True:
+            if not offset_allowed(offset, max_offset):
+                raise OffsetCapReached(
+                    f"more than {max_offset:,} matches (the server's offset cap)"
+                )
+            for k in range(1, read_ahead + 1 if stride and fetcher is not None else 1):
+                ahead = offset + k * stride
+                if ahead not in asked and offset_allowed(ahead, max_offset):
+                    asked[ahead] = ask(ahead, ahead=True)
+            page = (asked.pop(offset) if offset in asked else ask(offset)).result()
+            stats.pages += 1
+            if page and offset and page[0] == previous_first:
+                # A server ignoring offset would otherwise be paged forever.
+                raise HttpError(
+                    Reason.BAD_RESPONSE, f"the page at offset {offset} repeats the previous one"
+                )
+            if page:
+                previous_first = page[0]
+                yield page
+            if page_is_last(len(page), limit, page_end):
+                return
+            # Guess ahead only once pages look steady: a full page, or the same length twice
+            # (a server capping pages). A short page is likely near the end: no guessing then.
+            steady = len(page) >= limit or len(page) == last_length
+            if (len(page) if steady else 0) != stride:
+                for guess in asked.values():  # guessed with another page length
+                    guess.cancel()
+                asked.clear()
+                stride = len(page) if steady else 0
+            last_length = len(page)
+            offset += len(page)
+    finally:
+        for guess in asked.values():
+            guess.cancel()  # one already running finishes; its answer is dropped
 
 
 def _parse_page(resp: http.Response, offset: int) -> list[dict[str, Any]]:
@@ -364,66 +414,66 @@ def run_search(
     *,
     stats: SearchStats | None = None,
     clock: http.Clock | None = None,
+    fetcher: concurrent.futures.Executor | None = None,
 ) -> SearchStats:
     """Every match of ``query`` into ``sink``, exactly once, splitting past the offset cap.
+
+    With ``fetcher``, page requests run on its threads (``config.read_ahead`` pages ahead).
 
     Raises:
       HttpError: a page failed after retries (the sink then holds a partial result: drop it).
       TooManyMatches: past the offset cap with nothing left to split on.
     """
     stats = stats if stats is not None else SearchStats()
-    _run_part(session, config, query, sink, stats, clock)
+    _run_part(_Pager(session, config, stats, clock, fetcher), query, sink)
     return stats
 
 
-def _pages(
-    session: requests.Session,
-    config: SearchConfig,
-    query: SearchQuery,
-    stats: SearchStats,
-    clock: http.Clock | None,
-) -> Iterator[list[dict[str, Any]]]:
-    endpoint = config.endpoint
-    return iter_pages(
-        session,
-        search_url(endpoint, query),
-        query_string(query, config.encoding),
-        limit=config.paging.limit(endpoint, query.level),
-        page_end=page_end_rule(endpoint, config.paging.page_end),
-        max_offset=config.paging.offset_cap(endpoint),
-        policy=config.retry,
-        stats=stats,
-        clock=clock,
-    )
+@dataclass
+class _Pager:
+    session: requests.Session
+    config: SearchConfig
+    stats: SearchStats
+    clock: http.Clock | None
+    fetcher: concurrent.futures.Executor | None
+
+    def pages(self, query: SearchQuery) -> Iterator[list[dict[str, Any]]]:
+        endpoint = self.config.endpoint
+        return iter_pages(
+            self.session,
+            search_url(endpoint, query),
+            query_string(query, self.config.encoding),
+            limit=self.config.paging.limit(endpoint, query.level),
+            page_end=page_end_rule(endpoint, self.config.paging.page_end),
+            max_offset=self.config.paging.offset_cap(endpoint),
+            policy=self.config.retry,
+            stats=self.stats,
+            clock=self.clock,
+            fetcher=self.fetcher,
+            read_ahead=self.config.read_ahead,
+        )
 
 
-def _run_part(
-    session: requests.Session,
-    config: SearchConfig,
-    query: SearchQuery,
-    sink: RowSink,
-    stats: SearchStats,
-    clock: http.Clock | None,
-) -> None:
+def _run_part(pager: _Pager, query: SearchQuery, sink: RowSink) -> None:
     """Page ``query`` into the sink; past the cap, take its rows back and run its parts."""
     start = sink.mark()
     try:
-        for page in _pages(session, config, query, stats, clock):
+        for page in pager.pages(query):
             sink.write(page)
         return
     except OffsetCapReached:
         sink.rollback(start)
-    stats.splits += 1
+    pager.stats.splits += 1
     parent = parent_query(query)
     if parent is not None:
         tag = STUDY_UID_TAG if parent.level == "studies" else SERIES_UID_TAG
         try:
-            for page in _pages(session, config, parent, stats, clock):
+            for page in pager.pages(parent):
                 for row in page:
                     value = (row.get(tag) or {}).get("Value") or []
                     if value:
                         child = child_query(query, parent.level, str(value[0]))
-                        _run_part(session, config, child, sink, stats, clock)
+                        _run_part(pager, child, sink)
             return
         except OffsetCapReached:
             # Too many parents to list (children handle their own cap): start again with
@@ -436,4 +486,4 @@ def _run_part(
             "(its offset cap); narrow the search, e.g. with a StudyDate range"
         )
     for half in halves:
-        _run_part(session, config, half, sink, stats, clock)
+        _run_part(pager, half, sink)
