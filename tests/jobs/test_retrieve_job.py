@@ -263,3 +263,17 @@ def test_a_rerun_does_not_fetch_a_complete_series_or_study_again(
     assert first >= 2 and len(wado) == 1  # only the incomplete unit is fetched again
     for row in rows:
         assert Path(str(row["path"])).read_bytes() == inputs[str(row["sop_uid"])].read_bytes()
+
+
+def test_the_results_of_pipelines_search_are_a_uids_file(
+    orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    from pipelines import search
+
+    inputs = _store(orthanc, tmp_path / "in", count=4, studies=2)
+    url = ["--dicomweb_url", orthanc.dicomweb_url]
+    assert search.main(["--level", "series", *url, "--output", str(tmp_path / "found")]) == 0
+    [results] = list((tmp_path / "found").glob("results-*.jsonl"))
+    out = tmp_path / "out"
+    assert retrieve.main(["--uids_file", str(results), *url, "--output", str(out)]) == 0
+    assert sorted(str(r["sop_uid"]) for r in _rows(out, "retrieved")) == sorted(inputs)
