@@ -89,72 +89,146 @@ def _close(shared: _Shared) -> None:
     shared.files.cleanup()
 
 
+def expand_target(
+    session: requests.Session, config: WadoConfig, target: Target
+) -> list[Target] | DeadLetter:
+    """The units a target names (itself when it is one), or the dead letter of listing them.
+
+    A listing that fails half-way yields no unit at all: a target is never half retrieved
+    and reported as whole.
+    """
+    level = config.unit_level
+    url = expansion_url(config, target, level)
+    if url is None:
+        return [target]
+    try:
+        rows = iter_qido(
+            session,
+            url,
+            policy=config.retry,
+            page_size=QIDO_PAGE_SIZE,
+            page_end=page_end_rule(config.endpoint),
+        )
+        units = [unit_of(row, target, level) for row in rows]
+    except Exception as exc:  # noqa: BLE001 - the exception boundary of a target
+        return _select_letter(config, target, url, exc)
+    if not units:
+        empty = HttpError(
+            Reason.NOT_FOUND, f"the store lists nothing at level {level} for this target"
+        )
+        return _select_letter(config, target, url, empty)
+    return units
+
+
+def _select_letter(config: WadoConfig, target: Target, url: str, exc: Exception) -> DeadLetter:
+    http_error = exc if isinstance(exc, HttpError) else None
+    known = isinstance(exc, DicomwebError | ValueError)
+    return DeadLetter(
+        stage=Stage.SELECT,
+        source=config.endpoint.redacted(url),
+        reason=getattr(exc, "reason", Reason.BAD_RESPONSE),
+        message=(getattr(exc, "message", None) if known else None)
+        or f"{type(exc).__name__} listing the target",
+        uids=InstanceUids(target.study, target.series or "", target.sop or ""),
+        http_status=http_error.status if http_error else None,
+        server_detail=http_error.detail if http_error else None,
+        attempts=http_error.attempts if http_error else 0,
+    )
+
+
 class _ExpandFn(beam.DoFn):
-    """Target -> units, listing coarser targets with QIDO (paged to the end)."""
+    """Target -> units, listing coarser targets with QIDO on a per-process pool (a cohort of
+    thousands of studies is listed ``max_concurrency`` at a time, not one after another)."""
 
     def __init__(
-        self, config: WadoConfig, auth: AuthConfig, session_factory: SessionFactory | None
-    ):
+        self,
+        config: WadoConfig,
+        auth: AuthConfig,
+        max_concurrency: int,
+        pool_key: str,
+        session_factory: SessionFactory | None,
+    ) -> None:
         self._config = config
         self._auth = auth
+        self._max_concurrency = max_concurrency
+        self._pool_key = pool_key
         self._session_factory = session_factory
-        self._session: requests.Session | None = None
+        self._shared: _Listing | None = None
+        self._pending: list[
+            tuple[concurrent.futures.Future[list[Target] | DeadLetter], BoundedWindow, Timestamp]
+        ] = []
+
+    def _create(self) -> _Listing:
+        factory = self._session_factory
+        session = (
+            factory() if factory else make_session(self._auth, pool_size=self._max_concurrency)
+        )
+        executor = concurrent.futures.ThreadPoolExecutor(
+            self._max_concurrency, thread_name_prefix="qido-expand"
+        )
+        return _Listing(session, executor)
 
     def setup(self) -> None:
-        factory = self._session_factory
-        self._session = factory() if factory else make_session(self._auth, pool_size=2)
+        self._shared = concurrency.acquire(self._pool_key, self._create, _close_listing)
 
     def teardown(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        if self._shared is not None:
+            concurrency.release(self._pool_key)
+            self._shared = None
 
-    def process(self, target: Target) -> Iterator[object]:
-        assert self._session is not None
-        level = self._config.unit_level
-        url = expansion_url(self._config, target, level)
-        if url is None:
-            yield target
+    def start_bundle(self) -> None:
+        self._pending = []
+
+    def process(
+        self,
+        target: Target,
+        window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
+        timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
+    ) -> Iterator[object]:
+        assert self._shared is not None
+        if expansion_url(self._config, target, self._config.unit_level) is None:
+            yield target  # a unit already: no request, no hop through the pool
             return
-        try:
-            units = [
-                unit_of(row, target, level)
-                for row in iter_qido(
-                    self._session,
-                    url,
-                    policy=self._config.retry,
-                    page_size=QIDO_PAGE_SIZE,
-                    page_end=page_end_rule(self._config.endpoint),
+        shared = self._shared
+        future = shared.executor.submit(expand_target, shared.session, self._config, target)
+        self._pending.append((future, window, timestamp))
+        yield from self._collect(keep=2 * self._max_concurrency)
+
+    def finish_bundle(self) -> Iterator[object]:
+        yield from self._collect(keep=0)
+
+    def _collect(self, keep: int) -> Iterator[object]:
+        while True:
+            done = [p for p in self._pending if p[0].done()]
+            if not done and len(self._pending) > keep:
+                concurrent.futures.wait(
+                    [p[0] for p in self._pending], return_when=concurrent.futures.FIRST_COMPLETED
                 )
-            ]
-        except (DicomwebError, ValueError) as exc:
-            yield _tagged_letter(self._select_letter(target, url, exc))
-            return
-        if not units:
-            empty = HttpError(
-                Reason.NOT_FOUND, f"the store lists nothing at level {level} for this target"
-            )
-            yield _tagged_letter(self._select_letter(target, url, empty))
-            return
-        yield from units
-
-    def _select_letter(self, target: Target, url: str, exc: Exception) -> DeadLetter:
-        http_error = exc if isinstance(exc, HttpError) else None
-        return DeadLetter(
-            stage=Stage.SELECT,
-            source=self._config.endpoint.redacted(url),
-            reason=getattr(exc, "reason", Reason.BAD_RESPONSE),
-            message=getattr(exc, "message", None) or f"{type(exc).__name__} listing the target",
-            uids=InstanceUids(target.study, target.series or "", target.sop or ""),
-            http_status=http_error.status if http_error else None,
-            server_detail=http_error.detail if http_error else None,
-            attempts=http_error.attempts if http_error else 0,
-        )
+                continue
+            if not done:
+                return
+            for entry in done:
+                self._pending.remove(entry)
+                future, window, timestamp = entry
+                outcome = future.result()
+                if isinstance(outcome, DeadLetter):
+                    metrics.count_dead_letter(outcome)
+                    value = WindowedValue(outcome, timestamp, (window,))
+                    yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
+                else:
+                    for unit in outcome:
+                        yield WindowedValue(unit, timestamp, (window,))
 
 
-def _tagged_letter(letter: DeadLetter) -> object:
-    metrics.count_dead_letter(letter)
-    return beam.pvalue.TaggedOutput(FAILED_TAG, letter)
+@dataclass
+class _Listing:
+    session: requests.Session
+    executor: concurrent.futures.ThreadPoolExecutor
+
+
+def _close_listing(shared: _Listing) -> None:
+    shared.executor.shutdown(wait=True)
+    shared.session.close()
 
 
 class _RetrieveFn(beam.DoFn):
@@ -366,7 +440,13 @@ class RetrieveFromDicomStore(beam.PTransform):
 
     def expand(self, targets: beam.PCollection) -> RetrieveResult:
         expanded = targets | "ExpandToUnits" >> beam.ParDo(
-            _ExpandFn(self._config, self._auth, self._session_factory)
+            _ExpandFn(
+                self._config,
+                self._auth,
+                self._max_concurrency,
+                f"{self._pool_key}-expand",
+                self._session_factory,
+            )
         ).with_outputs(FAILED_TAG, main="units")
         # One shuffle both de-duplicates the units (grouped by their key) and spreads them over
         # workers (keys are hashed to workers), as Distinct then Reshuffle would in two.

@@ -203,3 +203,23 @@ def test_a_persistent_503_exhausts_the_retries_of_that_instance_only(
     assert [(d.reason, d.http_status, d.attempts) for d in failed] == [
         ("retries_exhausted", 503, FAST.max_attempts)
     ]
+
+
+def test_a_listing_that_keeps_failing_is_one_dead_letter_and_no_unit(
+    orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    inputs = _store(orthanc, tmp_path / "in", count=4, studies=2)
+    studies = _targets(inputs, "studies")
+    broken = studies[0].study
+
+    def rule(method: str, path: str, seen: int) -> str:
+        # The second page of one study's listing fails, every time.
+        failing = f"/studies/{broken}/instances" in path and "offset=0" not in path
+        return "503" if failing else "forward"
+
+    with WadoProxy(orthanc.rest_url, rule) as proxy:
+        files, failed, _ = _run(f"{proxy.base_url}/dicom-web", studies, tmp_path / "out")
+    assert {f.uids.study for f in files} == {studies[1].study}
+    assert [(d.stage, d.reason, d.uids.study if d.uids else None) for d in failed] == [
+        ("select", "retries_exhausted", broken)
+    ]
