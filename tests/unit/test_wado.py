@@ -65,6 +65,7 @@ def test_layout_names_files_and_refuses_escapes() -> None:
     assert layout.series_document("1.2", "3.4", ".json") == "1.2/3.4/metadata.json"
     assert Layout.study_document("1.2", ".json") == "1.2/metadata.json"
     assert Layout("{series}-{instance}").relative("1", "2", "3", ".png") == "2-3.png"
+    assert Layout("{study}/{instance}").series_document("1", "2", ".json") == "1/2/metadata.json"
     for bad in (
         "{study}/{series}",
         "/abs/{instance}",

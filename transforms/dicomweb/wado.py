@@ -106,6 +106,8 @@ class Layout:
 
     def series_document(self, study: str, series: str, suffix: str) -> str:
         """``{study}/{series}/metadata.json`` with the default layout."""
+        if "{series}" not in self.stem:  # the layout's name would be the same for every series
+            return f"{study}/{series}/metadata{suffix}"
         return self.relative(study, series, "metadata", suffix)
 
     @staticmethod
