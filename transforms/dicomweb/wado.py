@@ -84,7 +84,7 @@ class Layout:
 
     def __post_init__(self) -> None:
         stem = self.stem
-        names = set(re.findall(r"{([^{}]*)}", stem))
+        names = self.placeholders
         if not names <= _PLACEHOLDERS:
             unknown = ", ".join(sorted(names - _PLACEHOLDERS))
             raise ValueError(
@@ -97,6 +97,10 @@ class Layout:
             raise ValueError("layout must be a relative path below --output (no '..', no '//')")
 
     @property
+    def placeholders(self) -> set[str]:
+        return set(re.findall(r"{([^{}]*)}", self.stem))
+
+    @property
     def stem(self) -> str:
         t = self.template.strip()
         return t[: -len(".dcm")] if t.lower().endswith(".dcm") else t
@@ -106,7 +110,7 @@ class Layout:
 
     def series_document(self, study: str, series: str, suffix: str) -> str:
         """``{study}/{series}/metadata.json`` with the default layout."""
-        if "{series}" not in self.stem:  # the layout's name would be the same for every series
+        if "series" not in self.placeholders:  # its name would be the same for every series
             return f"{study}/{series}/metadata{suffix}"
         return self.relative(study, series, "metadata", suffix)
 
