@@ -24,6 +24,7 @@ from transforms.dicomweb.wado import (
     parse_bulkdata_path,
     parse_frame_list,
     parse_viewport,
+    request_headers,
     try_next_accept,
 )
 from transforms.output_files import SPOOL_DIR, OutputFiles
@@ -98,6 +99,8 @@ def test_accept_headers() -> None:
         'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1',
     )
     assert octet_accepts()[0].startswith('multipart/related; type="application/octet-stream"')
+    assert request_headers("image/png")["Accept-Encoding"] == "identity"
+    assert "Accept-Encoding" not in request_headers("application/dicom+json")
 
 
 def test_status_policy() -> None:
