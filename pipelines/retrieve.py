@@ -214,7 +214,7 @@ def build(pipeline: beam.Pipeline, settings: RetrieveSettings) -> RetrieveResult
         auth=settings.auth,
         max_concurrency=settings.max_concurrency,
         previous_manifest=f"{settings.output}/{MANIFEST}-*.jsonl",
-        expected=expected,
+        expected=expected if settings.config.verify else None,  # only --verify reads them
     )
     failed = (*selection_failed, result.failed) | "AllDeadLetters" >> beam.Flatten()
     _ = (

@@ -275,16 +275,15 @@ class _RetrieveFn(beam.DoFn):
     def process(
         self,
         unit: Target,
-        previous: Mapping[str, ManifestEntry],
-        expected: Mapping[str, ManifestEntry],
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
+        yield from self._submit(unit, window, timestamp)
+
+    def _submit(
+        self, unit: Target, window: BoundedWindow, timestamp: Timestamp
+    ) -> Iterator[object]:
         assert self._shared is not None
-        if previous:
-            self._shared.retriever.previous = previous
-        if expected:
-            self._shared.retriever.expected = expected
         future = self._shared.executor.submit(self._shared.retriever.retrieve, unit)
         self._pending.append((future, window, timestamp))
         # Enough queued work to keep the pool busy, without holding a whole bundle in memory.
@@ -312,6 +311,28 @@ class _RetrieveFn(beam.DoFn):
                 self._pending.remove(entry)
                 future, window, timestamp = entry
                 yield from _emit(future.result(), window, timestamp)
+
+
+class _RetrieveWithSideInputsFn(_RetrieveFn):
+    """``_RetrieveFn`` that also knows an earlier manifest and the sizes the selection recorded.
+
+    A separate class because a side input costs a stage even when empty; most runs have none.
+    """
+
+    def process(  # type: ignore[override]
+        self,
+        unit: Target,
+        previous: Mapping[str, ManifestEntry],
+        expected: Mapping[str, ManifestEntry],
+        window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
+        timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
+    ) -> Iterator[object]:
+        assert self._shared is not None
+        if previous:
+            self._shared.retriever.previous = previous
+        if expected:
+            self._shared.retriever.expected = expected
+        yield from self._submit(unit, window, timestamp)
 
 
 def _emit(report: UnitReport, window: BoundedWindow, timestamp: Timestamp) -> Iterator[object]:
@@ -456,24 +477,30 @@ class RetrieveFromDicomStore(beam.PTransform):
             | "DistinctAndSpread" >> beam.GroupByKey()
             | "KeysToUnits" >> beam.Map(lambda kv: target_from_key(kv[0]))
         )
-        previous = self._previous(targets.pipeline)
-        fetched = units | "RetrieveUnits" >> beam.ParDo(
-            _RetrieveFn(
-                self._config,
-                self._output,
-                self._auth,
-                self._max_concurrency,
-                self._pool_key,
-                self._session_factory,
-            ),
-            beam.pvalue.AsDict(previous),
-            beam.pvalue.AsDict(self._expected_pairs(targets.pipeline)),
-        ).with_outputs(FAILED_TAG, main="retrieved")
+        args = (
+            self._config,
+            self._output,
+            self._auth,
+            self._max_concurrency,
+            self._pool_key,
+            self._session_factory,
+        )
+        has_previous = bool(self._previous_manifest and _matches(self._previous_manifest))
+        if has_previous or self._expected is not None:
+            pipeline = targets.pipeline
+            retrieve = beam.ParDo(
+                _RetrieveWithSideInputsFn(*args),
+                beam.pvalue.AsDict(self._previous(pipeline, has_previous)),
+                beam.pvalue.AsDict(self._expected_pairs(pipeline)),
+            )
+        else:
+            retrieve = beam.ParDo(_RetrieveFn(*args))
+        fetched = units | "RetrieveUnits" >> retrieve.with_outputs(FAILED_TAG, main="retrieved")
         failed = (expanded[FAILED_TAG], fetched[FAILED_TAG]) | "FlattenFailed" >> beam.Flatten()
         return RetrieveResult(retrieved=fetched.retrieved, failed=failed)
 
-    def _previous(self, pipeline: beam.Pipeline) -> beam.PCollection:
-        if self._previous_manifest and _matches(self._previous_manifest):
+    def _previous(self, pipeline: beam.Pipeline, has_previous: bool) -> beam.PCollection:
+        if has_previous and self._previous_manifest:
             return (
                 pipeline
                 | "ReadPreviousManifest" >> beam.io.ReadFromText(self._previous_manifest)
