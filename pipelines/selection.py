@@ -6,7 +6,7 @@ options::
     --level studies|series|instances   --study UID   --series UID
     --filter KEY=VALUE (repeatable)    --includefield KEY (repeatable, or all)
     --fuzzymatching                    --queries FILE (CSV or JSONL, local or gs://)
-    --page_size N  --page_end short|empty  --max_limit N  --max_offset N
+    --page_size N  --page_end short|empty  --max_limit N  --max_offset N  --read_ahead N
 
 A job reads them with ``selection_from(options)`` (a usage error raises ``UsageError``: exit 2),
 builds its queries with ``SelectQueries(selection)`` and searches with
@@ -106,6 +106,13 @@ class SelectionOptions(PipelineOptions):
             help="largest limit the server accepts (Google: 5000, 50000 for instances)",
         )
         g.add_argument(
+            "--read_ahead",
+            type=_non_negative_int,
+            default=0,
+            help="pages a large query asks ahead of the one it reads (for servers that answer "
+            "searches in parallel; Orthanc 1.10 does not)",
+        )
+        g.add_argument(
             "--max_offset",
             type=_non_negative_int,
             help="largest offset the server accepts (Google: 1000000); past it, a query is "
@@ -128,6 +135,7 @@ class Selection:
     queries_file: str | None
     paging: Paging
     query_count: int = 1
+    read_ahead: int = 0
 
 
 def selection_from(
@@ -166,7 +174,13 @@ def selection_from(
     count = 1
     if opts.queries and check_file:
         count = check_queries_file(opts.queries, base)
-    return Selection(base=base, queries_file=opts.queries, paging=paging, query_count=count)
+    return Selection(
+        base=base,
+        queries_file=opts.queries,
+        paging=paging,
+        query_count=count,
+        read_ahead=opts.read_ahead or 0,
+    )
 
 
 def check_queries_file(path: str, base: SearchQuery) -> int:
@@ -198,7 +212,9 @@ def check_queries_file(path: str, base: SearchQuery) -> int:
 def search_config(
     selection: Selection, endpoint: DicomwebEndpoint, retry: http.RetryPolicy
 ) -> SearchConfig:
-    return SearchConfig(endpoint=endpoint, paging=selection.paging, retry=retry)
+    return SearchConfig(
+        endpoint=endpoint, paging=selection.paging, retry=retry, read_ahead=selection.read_ahead
+    )
 
 
 class SelectQueries(beam.PTransform):

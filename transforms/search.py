@@ -9,8 +9,8 @@ A query's matches are handed on only when the query is complete: they are spoole
 then in a temporary file past 1 MiB) while it pages, so a query that fails half-way leaves one
 dead letter and none of its matches, and a large result never sits in memory. Queries are
 spread over workers (Reshuffle) and each worker process runs at most ``max_concurrency`` at once
-over pooled connections; a large query asks its next page while it reads one (at most
-``max_concurrency`` such pages ahead per process).
+over pooled connections; with ``SearchConfig(read_ahead=N)`` a large query asks its next pages
+while it reads one (at most ``max_concurrency`` such pages ahead per process).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ def test_options_become_one_query_with_id_1() -> None:
                 "--page_end", "empty",
                 "--max_limit", "10",
                 "--max_offset", "100",
+                "--read_ahead", "2",
             ]
         )
     )  # fmt: skip
@@ -46,6 +47,7 @@ def test_options_become_one_query_with_id_1() -> None:
     )
     assert selection.paging == Paging(3, "empty", 10, 100)
     assert selection.queries_file is None and selection.query_count == 1
+    assert selection.read_ahead == 2
 
 
 def test_defaults_studies_level_and_server_paging() -> None:

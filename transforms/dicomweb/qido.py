@@ -126,9 +126,10 @@ class SearchConfig:
     paging: Paging = Paging()
     retry: http.RetryPolicy = http.RetryPolicy()
     encoding: str = ENCODING_MINIMAL  # tests send ``full`` to show what Orthanc does with it
-    # Pages asked ahead once a search has proved larger than one page (with a fetcher pool):
-    # offset paging is otherwise one request at a time, and the server may have idle cores.
-    read_ahead: int = 1
+    # Pages asked ahead once pages look steady (with a fetcher pool): offset paging is otherwise
+    # one request at a time. Off by default: Orthanc 1.10 answers concurrent searches one after
+    # the other, each slower (measured: 8.9 s instead of 7.1 s for 8,000 instances).
+    read_ahead: int = 0
 
 
 # --- paging -----------------------------------------------------------------------------------
