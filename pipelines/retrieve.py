@@ -96,8 +96,6 @@ def retrieve_settings(options: PipelineOptions) -> RetrieveSettings:
         )
     if not opts.output:
         raise UsageError("--output is required (a prefix for the files and the manifests)")
-    if opts.metadata_format == "xml" and opts.granularity != "instance":
-        raise UsageError("--metadata_format xml needs --granularity instance")
     endpoint = endpoint_from(options)
     config = wado.WadoConfig(
         endpoint=endpoint,

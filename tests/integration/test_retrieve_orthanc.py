@@ -358,3 +358,22 @@ def test_rendered_frames_and_viewport(corpus: Corpus, tmp_path: Path) -> None:
     )
     [image], _ = _run(small, [ct])
     assert max(Image.open(image.path).size) <= 32  # scaled into the viewport
+
+
+def test_xml_metadata_of_a_series_is_one_document_per_instance(
+    corpus: Corpus, tmp_path: Path
+) -> None:
+    series = sorted({u.at_level("series") for u in corpus.units})[:5]
+    retriever = _retriever(
+        corpus.server.dicomweb_url,
+        tmp_path,
+        what="metadata",
+        metadata_format="xml",
+        granularity="series",
+    )
+    files, letters = _run(retriever, series)
+    assert letters == []
+    expected = {u.sop for u in corpus.units if u.at_level("series") in series}
+    assert {f.uids.sop for f in files} == expected
+    for f in files:
+        assert f.path.endswith(f"{f.uids.sop}.xml") and f.uids.sop in Path(f.path).read_text()

@@ -76,7 +76,6 @@ def test_help_lists_retrieve_selection_and_store_options() -> None:
         (["--level", "studies", "--layout", "{study}/{series}"], "{instance}"),
         (["--level", "studies", "--what", "rendered", "--granularity", "series"], "granularity"),
         (["--level", "studies", "--frames", "0"], "frame"),
-        (["--level", "studies", "--metadata_format", "xml", "--granularity", "series"], "xml"),
         (["--level", "planets"], "level"),
         (["--level", "studies", "--bulkdata_path", "7FE0"], "bulk data path"),
         (["--level", "studies", "--what", "thumbnails"], ""),

@@ -60,6 +60,7 @@ from transforms.dicomweb.wado_files import (
     find_complete,
     verify_spool,
     write_answer,
+    xml_uids,
 )
 from transforms.errors import HttpError, InvalidInputError
 from transforms.output_files import OutputFiles, Spool
@@ -125,6 +126,8 @@ class Retriever:
                     report.outcomes.append(self._instance(unit, report.stats))
                 else:
                     report.outcomes.extend(self._bulk_instances(unit, report.stats))
+            elif what == "metadata" and self._config.metadata_format == "xml" and unit.sop is None:
+                report.outcomes.extend(self._xml_documents(unit, report.stats))
             elif what == "metadata":
                 report.outcomes.append(self._metadata(unit, report.stats))
             elif what == "rendered":
@@ -295,6 +298,23 @@ class Retriever:
         return self._file(
             url, (metadata_accept(config.metadata_format),), relative, _uids(unit), stats
         )
+
+    def _xml_documents(self, unit: Target, stats: Stats) -> list[Outcome]:
+        """XML metadata of a series or study: one part, so one ``{instance}.xml``, per instance
+        (PS3.19 XML has no array form), each named by the UIDs it holds."""
+        config = self._config
+
+        def name(index: int, headers: PartHeaders, spool: Spool) -> tuple[str, InstanceUids]:
+            uids = xml_uids(spool)
+            if uids.study != unit.study or (unit.series and uids.series != unit.series):
+                raise Failed(Reason.BAD_RESPONSE, "a document belongs to another study or series")
+            return config.layout.relative(uids.study, uids.series, uids.sop, ".xml"), uids
+
+        url = config.endpoint.resource_url(unit.study, unit.series, None) + "/metadata"
+        try:
+            return self._parts(unit, url, (metadata_accept("xml"),), stats, name, False)
+        except _PartlyDone as exc:
+            return [*exc.written, self._letter(unit, exc.failure)]
 
     def _instance_metadata(self, unit: Target, stats: Stats) -> dict[str, object]:
         assert unit.series is not None and unit.sop is not None

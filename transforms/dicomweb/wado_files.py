@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from xml.etree import ElementTree
 
 import requests
 import urllib3
@@ -167,3 +168,24 @@ def check_expected(spool: Spool, expected: ManifestEntry | None) -> None:
         )
     if expected.sha256 is not None and spool.sha256 != expected.sha256:
         raise Failed(Reason.VERIFY_FAILED, "retrieved bytes differ from the recorded sha256")
+
+
+_XML_UID_TAGS = {"0020000D": 0, "0020000E": 1, "00080018": 2}
+
+
+def xml_uids(spool: Spool) -> InstanceUids:
+    """Study, series and SOP Instance UIDs of a spooled PS3.19 XML metadata document."""
+    spool.close()
+    found = ["", "", ""]
+    try:
+        root = ElementTree.parse(spool.path).getroot()  # metadata only: bulk data is by URI
+    except ElementTree.ParseError:
+        raise Failed(Reason.BAD_RESPONSE, "an XML metadata document does not parse") from None
+    for element in root:  # top-level attributes only, not those inside sequence items
+        index = _XML_UID_TAGS.get((element.get("tag") or "").upper())
+        if index is not None and element.tag.rsplit("}", 1)[-1] == "DicomAttribute":
+            value = element.find("{*}Value")
+            found[index] = (value.text or "").strip() if value is not None else ""
+    if not all(found):
+        raise Failed(Reason.MISSING_UID, "an XML metadata document lacks its UIDs")
+    return InstanceUids(*found)
