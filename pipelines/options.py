@@ -269,3 +269,74 @@ class DeleteOptions(PipelineOptions):
             default=DEFAULT_MAX_OPERATIONS,
             help="study/series deletes (long-running operations) in flight per worker process",
         )
+
+
+# --- retrieve (WADO-RS) family ---
+class RetrieveOptions(PipelineOptions):
+    """Options of pipelines.retrieve (the selection options come with them)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        from transforms.dicomweb import wado  # noqa: PLC0415 - keeps this block self-contained
+
+        g = parser.add_argument_group("retrieve")
+        g.add_argument(
+            "--uids_file",
+            help="file (local or gs://) of targets, one a line: study, study/series, "
+            "study/series/instance, or a JSON line of pipelines.search's results",
+        )
+        add_shared_option(
+            g,
+            "--output",
+            help="prefix for the files, retrieved-*.jsonl and dead_letter-*.jsonl",
+        )
+        g.add_argument("--what", choices=wado.WHATS, default="instances")
+        g.add_argument(
+            "--granularity",
+            choices=wado.GRANULARITIES,
+            default="instance",
+            help="one request per instance, or one streamed multipart request per series or "
+            "study (instances, metadata)",
+        )
+        g.add_argument(
+            "--transfer_syntax",
+            default="*",
+            help="'*' keeps the stored bytes; a UID asks the server to transcode",
+        )
+        g.add_argument("--render_format", choices=tuple(wado.RENDER_FORMATS), default="png")
+        g.add_argument(
+            "--render_frames", help="rendered: frames to render (1,2 or all) instead of the image"
+        )
+        g.add_argument("--viewport", help="rendered: W,H")
+        g.add_argument("--metadata_format", choices=wado.METADATA_FORMATS, default="json")
+        g.add_argument("--frames", default="all", help="frames: 1,3,5 or all")
+        g.add_argument(
+            "--bulkdata_path",
+            action="append",
+            help="bulkdata: 7FE00010 or SQTAG/i/TAG (item i 0-based; repeatable); "
+            "default: every BulkDataURI of the metadata",
+        )
+        g.add_argument(
+            "--layout",
+            default=wado.DEFAULT_LAYOUT,
+            help="file names below --output; {study}, {series}, {instance}",
+        )
+        g.add_argument(
+            "--verify",
+            action="store_true",
+            help="instances: check each file parses and holds the SOP Instance UID asked for",
+        )
+        add_shared_option(
+            g,
+            "--max_concurrency",
+            type=positive_int,
+            default=8,
+            help="requests in flight per worker process",
+        )
+        g.add_argument(
+            "--max_server_error_attempts",
+            type=positive_int,
+            default=2,
+            help="tries of a resource that keeps answering 500 (a transcode the server "
+            "cannot do) before it is dead-lettered",
+        )

@@ -224,3 +224,58 @@ class DeleteSummary:
         if outputs:
             lines.append(f"  outputs          {outputs}")
         return "\n".join(lines)
+
+
+# --- retrieve (WADO-RS) family ---
+@dataclass(frozen=True)
+class RetrieveSummary:
+    elapsed_seconds: float
+    retrieved: int = 0
+    already_complete: int = 0
+    bytes_retrieved: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled_seconds: float = 0.0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failed_by_reason.values())
+
+    @classmethod
+    def from_result(cls, result: PipelineResult, elapsed_seconds: float) -> RetrieveSummary:
+        counters = counter_values(result)
+        return cls(
+            elapsed_seconds=elapsed_seconds,
+            retrieved=counters.get(metrics.FILES_RETRIEVED, 0),
+            already_complete=counters.get(metrics.FILES_ALREADY_COMPLETE, 0),
+            bytes_retrieved=counters.get(metrics.BYTES_RETRIEVED, 0),
+            requests=counters.get(metrics.HTTP_REQUESTS, 0),
+            retries=counters.get(metrics.HTTP_RETRIES, 0),
+            throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
+            failed_by_reason={
+                name[len(metrics.FAILED_PREFIX) :]: value
+                for name, value in sorted(counters.items())
+                if name.startswith(metrics.FAILED_PREFIX) and value
+            },
+        )
+
+    def render(self, outputs: str = "") -> str:
+        seconds = max(self.elapsed_seconds, 1e-9)
+        lines = [
+            f"retrieve finished in {self.elapsed_seconds:.1f} s",
+            f"  retrieved        {self.retrieved:>10,}  files "
+            f"({self.bytes_retrieved / 1e6:,.1f} MB)",
+            f"  already complete {self.already_complete:>10,}",
+            f"  failed           {self.failed:>10,}",
+        ]
+        lines += [f"    {reason:<22}{n:>8,}" for reason, n in self.failed_by_reason.items()]
+        lines += [
+            f"  throughput       {self.retrieved / seconds:>10,.1f} files/s, "
+            f"{self.bytes_retrieved / 1e6 / seconds:,.1f} MB/s",
+            f"  requests         {self.requests:>10,}  ({self.retries:,} retried, "
+            f"{self.throttled_seconds:,.1f} s backing off)",
+        ]
+        if outputs:
+            lines.append(f"  outputs          {outputs}")
+        return "\n".join(lines)

@@ -57,6 +57,13 @@ _EXPORTS: dict[str, str] = {
     "PlanDeletes": "transforms.delete",
     "PlanResult": "transforms.results",
     "PlannedDelete": "transforms.records",
+    # retrieve (WADO-RS)
+    "Layout": "transforms.dicomweb.wado",
+    "RetrieveFromDicomStore": "transforms.retrieve",
+    "RetrieveResult": "transforms.results",
+    "RetrievedFile": "transforms.records",
+    "Target": "transforms.targets",
+    "WadoConfig": "transforms.dicomweb.wado",
 }
 
 __all__ = [
@@ -93,6 +100,13 @@ __all__ = [
     "PlanDeletes",
     "PlanResult",
     "PlannedDelete",
+    # retrieve (WADO-RS)
+    "Layout",
+    "RetrieveFromDicomStore",
+    "RetrieveResult",
+    "RetrievedFile",
+    "Target",
+    "WadoConfig",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
@@ -117,6 +131,12 @@ if TYPE_CHECKING:  # delete
     from transforms.dicomweb.delete import DeleteConfig
     from transforms.records import DeletedTarget, PlannedDelete
     from transforms.results import DeleteResult, PlanResult
+if TYPE_CHECKING:  # retrieve (WADO-RS)
+    from transforms.dicomweb.wado import Layout, WadoConfig
+    from transforms.records import RetrievedFile
+    from transforms.results import RetrieveResult
+    from transforms.retrieve import RetrieveFromDicomStore
+    from transforms.targets import Target
 
 
 def __getattr__(name: str) -> Any:

@@ -33,6 +33,15 @@ class Reason:
     RETRIES_EXHAUSTED = "retries_exhausted"
     TLS_ERROR = "tls_error"
     BAD_RESPONSE = "bad_response"
+    # retrieve (WADO-RS) family
+    NOT_FOUND = "not_found"  # 403/404: the resource is not in the store (or not visible)
+    UNSUPPORTED = "unsupported"  # 400/406/415: transfer syntax, format or frame not served
+    SERVER_ERROR = "server_error"  # a 500 that persists for one resource (a failed transcode)
+    BAD_MULTIPART = "bad_multipart"
+    TRUNCATED_RESPONSE = "truncated_response"
+    SIZE_MISMATCH = "size_mismatch"
+    VERIFY_FAILED = "verify_failed"
+    WRITE_FAILED = "write_failed"
     # search (QIDO-RS)
     TOO_MANY_MATCHES = "too_many_matches"  # past the server's offset cap, nothing to split on
     BAD_QUERY = "bad_query"  # a line of --queries that is not a query
@@ -49,6 +58,9 @@ class Stage:
     READ = "read"
     VALIDATE = "validate"
     STORE = "store"
+    # retrieve (WADO-RS) family
+    SELECT = "select"
+    RETRIEVE = "retrieve"
     SEARCH = "search"  # search (QIDO-RS)
     # delete family
     PLAN = "plan"

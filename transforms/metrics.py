@@ -45,3 +45,10 @@ SEARCH_QUERIES = "search_queries"  # queries answered completely
 SEARCH_MATCHES_PREFIX = "search_matches_"  # + level: matches delivered
 QIDO_PAGES = "qido_pages"
 QIDO_SPLITS = "qido_splits"  # searches split past the server's offset cap
+
+
+# --- retrieve (WADO-RS) family ---
+FILES_RETRIEVED = "files_retrieved"
+FILES_ALREADY_COMPLETE = "files_already_complete"
+BYTES_RETRIEVED = "bytes_retrieved"
+UNITS_RETRIEVED = "retrieve_units"

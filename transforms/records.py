@@ -233,3 +233,34 @@ class DeletedTarget:
 
     def to_json(self) -> str:
         return json.dumps(_flatten(self), sort_keys=True)
+
+
+# --- retrieve (WADO-RS) family ---
+STATUS_RETRIEVED = "retrieved"
+STATUS_ALREADY_COMPLETE = "already_complete"
+
+
+@dataclass(frozen=True)
+class RetrievedFile:
+    """One file written (or found complete) by a retrieve: a line of ``retrieved-*.jsonl``.
+
+    Attributes:
+      path: the file (under the job's output prefix).
+      uids: the instance it holds; ``sop`` is "" for a series or study metadata document.
+      bytes: its size.
+      content_type: the media type the server answered (``application/dicom``, ``image/png``...).
+      sha256: hex digest of its bytes.
+      status: ``retrieved`` (written by this run) or ``already_complete`` (a re-run skipped it).
+      attempts: requests made for it (0 when skipped).
+    """
+
+    path: str
+    uids: InstanceUids
+    bytes: int
+    content_type: str
+    sha256: str
+    status: str
+    attempts: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(_flatten(self), sort_keys=True)

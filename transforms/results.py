@@ -39,3 +39,9 @@ class PlanResult(NamedTuple):
 class DeleteResult(NamedTuple):
     deleted: beam.PCollection  # DeletedTarget (deleted now, or already absent)
     failed: beam.PCollection  # DeadLetter
+
+
+# --- retrieve (WADO-RS) family ---
+class RetrieveResult(NamedTuple):
+    retrieved: beam.PCollection  # RetrievedFile (written now, or found complete by a re-run)
+    failed: beam.PCollection  # DeadLetter

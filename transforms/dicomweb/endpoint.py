@@ -88,6 +88,18 @@ class DicomwebEndpoint:
     def instance_url(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         return f"{self.study_url(study_uid)}/series/{_uid(series_uid)}/instances/{_uid(sop_uid)}"
 
+    # --- retrieve (WADO-RS) family ---
+    def series_url(self, study_uid: str, series_uid: str) -> str:
+        return f"{self.study_url(study_uid)}/series/{_uid(series_uid)}"
+
+    def resource_url(self, study_uid: str, series_uid: str | None, sop_uid: str | None) -> str:
+        """The study, series or instance URL, whichever the UIDs given name."""
+        if series_uid is None:
+            return self.study_url(study_uid)
+        if sop_uid is None:
+            return self.series_url(study_uid, series_uid)
+        return self.instance_url(study_uid, series_uid, sop_uid)
+
     @staticmethod
     def redacted(url: str) -> str:
         """The URL without user information or query: safe to log."""

@@ -1,0 +1,332 @@
+"""Benchmark of ``pipelines.retrieve`` against an ideal raw HTTP client doing the same work.
+
+    .venv/bin/python benchmarks/bench_retrieve.py [--instances 2000] [--concurrency 8] \\
+        [--series-mb 1024] [--repeat 3] [--scenario small|large|all] [--json out.json]
+
+Scenarios (docs/benchmarks.md says why each is fair):
+
+* ``small``: ``--instances`` small CT instances (39 KB) in one Orthanc. The raw client (8
+  threads, one pooled ``requests.Session``, one GET per instance in the multipart form Orthanc
+  serves, the part cut out of the body by two ``find`` calls, written to
+  ``{study}/{series}/{sop}.dcm``) and the whole job (``pipelines.retrieve.run`` in this
+  process, ``--uids_file`` of instances, ``--max_concurrency 8``, start-up included) retrieve
+  the same instances to fresh directories, alternately for ``--repeat`` rounds; medians and
+  their ratio are reported. Target: job/raw >= 0.9.
+* ``large``: one series of ``--series-mb`` MiB (8 MiB instances). The raw client streams the
+  one multipart GET of the series straight to one file (no parsing: an upper bound); the job
+  runs in a child process with ``--granularity series`` (parsing the stream, one file per
+  instance, hashing), and its peak RSS is compared with the same job retrieving one small
+  series. Targets: job/raw MB/s >= 0.9, peak memory increase < 150 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import pydicom  # noqa: E402
+import requests  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import (  # noqa: E402
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
+from requests.adapters import HTTPAdapter  # noqa: E402
+
+from benchmarks.bench_store import cleanup_children, machine_facts, run_child  # noqa: E402
+from pipelines.local_orthanc import LocalOrthanc  # noqa: E402
+from pipelines.retrieve import run as run_retrieve  # noqa: E402
+from tests.factory import write_ct_instances  # noqa: E402
+
+ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+# Both clients ask for no content coding: Orthanc gzips instances otherwise (server CPU).
+HEADERS = {"Accept": ACCEPT, "Accept-Encoding": "identity"}
+RATIO_TARGET = 0.9
+MEMORY_TARGET_MIB = 150.0
+BIG_INSTANCE_BYTES = 8 << 20
+_pipeline_seconds: dict[str, float] = {}
+
+
+def log(message: str) -> None:
+    print(f"[bench_retrieve {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def pooled_session(size: int) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size)
+    session.mount("http://", adapter)
+    return session
+
+
+def store_files(orthanc: LocalOrthanc, paths: Sequence[Path], threads: int = 4) -> None:
+    session = pooled_session(threads)
+
+    def post(path: Path) -> None:
+        resp = session.post(f"{orthanc.rest_url}/instances", data=path.read_bytes(), timeout=600)
+        resp.raise_for_status()
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(post, paths))
+
+
+@dataclass(frozen=True)
+class Unit:
+    study: str
+    series: str
+    sop: str
+
+
+def units_of(paths: Sequence[Path]) -> list[Unit]:
+    out = []
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        out.append(Unit(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID))
+    return out
+
+
+def raw_small(units: Sequence[Unit], url: str, out: Path, threads: int) -> float:
+    """Seconds for the ideal client to fetch every instance to its file."""
+    session = pooled_session(threads)
+
+    def fetch(u: Unit) -> None:
+        resp = session.get(
+            f"{url}/studies/{u.study}/series/{u.series}/instances/{u.sop}",
+            headers=HEADERS,
+            timeout=600,
+        )
+        resp.raise_for_status()
+        body = resp.content
+        start = body.index(b"\r\n\r\n") + 4
+        end = body.rindex(b"\r\n--", 0, body.rindex(b"--"))
+        target = out / u.study / u.series
+        target.mkdir(parents=True, exist_ok=True)
+        (target / f"{u.sop}.dcm").write_bytes(body[start:end])
+
+    began = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(fetch, units))
+    return time.perf_counter() - began
+
+
+def job_small(units_file: Path, url: str, out: Path, threads: int) -> float:
+    began = time.perf_counter()
+    argv = ["--uids_file", str(units_file), "--dicomweb_url", url, "--output", str(out)]
+    result = run_retrieve([*argv, "--max_concurrency", str(threads)])
+    seconds = time.perf_counter() - began
+    assert result is not None and result.summary.failed == 0, "the job dead-lettered"
+    _pipeline_seconds[out.name] = result.summary.elapsed_seconds
+    return seconds
+
+
+def alternate(
+    rounds: int, a: Callable[[int], float], b: Callable[[int], float]
+) -> tuple[list[float], list[float]]:
+    first, second = [], []
+    for i in range(rounds):
+        first.append(a(i))
+        second.append(b(i))
+        log(f"round {i + 1}: raw {first[-1]:.2f} s, job {second[-1]:.2f} s")
+    return first, second
+
+
+def scenario_small(opts: argparse.Namespace, work: Path) -> dict[str, object]:
+    paths = write_ct_instances(
+        work / "in", count=opts.instances, studies=max(1, opts.instances // 100)
+    )
+    (work / "orthanc").mkdir()
+    with LocalOrthanc(work / "orthanc") as orthanc:
+        log(f"storing {len(paths)} instances")
+        store_files(orthanc, paths)
+        units = units_of(paths)
+        uids = work / "small.txt"
+        uids.write_text("".join(f"{u.study}/{u.series}/{u.sop}\n" for u in units))
+        url = orthanc.dicomweb_url
+
+        def raw(i: int) -> float:
+            return raw_small(units, url, work / f"raw-small-{i}", opts.concurrency)
+
+        def job(i: int) -> float:
+            return job_small(uids, url, work / f"job-small-{i}", opts.concurrency)
+
+        raw_s, job_s = alternate(opts.repeat, raw, job)
+    n = len(units)
+    raw_rate, job_rate = n / statistics.median(raw_s), n / statistics.median(job_s)
+    check = work / "job-small-0" / units[0].study / units[0].series / f"{units[0].sop}.dcm"
+    assert check.read_bytes() == paths[0].read_bytes()
+    own = [_pipeline_seconds[f"job-small-{i}"] for i in range(opts.repeat)]
+    return {
+        "job_pipeline_rate": n / statistics.median(own),
+        "instances": n,
+        "raw_seconds": raw_s,
+        "job_seconds": job_s,
+        "raw_rate": raw_rate,
+        "job_rate": job_rate,
+        "ratio": job_rate / raw_rate,
+    }
+
+
+def write_big_series(directory: Path, total_bytes: int) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    rows = 2048
+    columns = BIG_INSTANCE_BYTES // (rows * 2)
+    pixels = bytes(range(256)) * (BIG_INSTANCE_BYTES // 256)
+    paths = []
+    for i in range(max(1, total_bytes // BIG_INSTANCE_BYTES)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = (
+            SecondaryCaptureImageStorage,
+            meta.MediaStorageSOPInstanceUID,
+        )
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.Modality, ds.PatientName, ds.PatientID, ds.InstanceNumber = (
+            "OT",
+            "BENCH^BIG",
+            "BENCH",
+            i + 1,
+        )
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = (
+            rows,
+            columns,
+            1,
+            "MONOCHROME2",
+        )
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = pixels
+        path = directory / f"big-{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def raw_series(url: str, unit: Unit, out: Path) -> tuple[float, int]:
+    session = pooled_session(1)
+    began = time.perf_counter()
+    with (
+        session.get(
+            f"{url}/studies/{unit.study}/series/{unit.series}",
+            headers=HEADERS,
+            stream=True,
+            timeout=600,
+        ) as resp,
+        open(out, "wb") as sink,
+    ):
+        resp.raise_for_status()
+        size = 0
+        for chunk in resp.iter_content(1 << 20):
+            sink.write(chunk)
+            size += len(chunk)
+    return time.perf_counter() - began, size
+
+
+def scenario_large(opts: argparse.Namespace, work: Path) -> dict[str, object]:
+    big = write_big_series(work / "big", opts.series_mb << 20)
+    small = write_ct_instances(work / "small-series", count=2, studies=1, seed="baseline")
+    (work / "orthanc-large").mkdir()
+    with LocalOrthanc(work / "orthanc-large") as orthanc:
+        log(f"storing {len(big)} instances of {BIG_INSTANCE_BYTES >> 20} MiB")
+        store_files(orthanc, [*big, *small], threads=2)
+        url = orthanc.dicomweb_url
+        big_unit, small_unit = units_of(big[:1])[0], units_of(small[:1])[0]
+        rounds = []
+        for i in range(opts.repeat):
+            raw_s, raw_bytes = raw_series(url, big_unit, work / f"raw-series-{i}.bin")
+            (work / f"raw-series-{i}.bin").unlink()
+            job = _job_series(url, big_unit, work, f"big-{i}")
+            shutil.rmtree(work / f"job-big-{i}", ignore_errors=True)
+            rate = raw_bytes / raw_s / 1e6
+            log(f"round {i + 1}: raw {rate:.0f} MB/s; job {job[0]:.2f} s, {job[1]:.0f} MiB peak")
+            rounds.append((raw_s, raw_bytes, job[0], job[1]))
+        baseline = _job_series(url, small_unit, work, "baseline")
+    data_bytes = sum(p.stat().st_size for p in big)
+    raw_rate = statistics.median(r[1] / r[0] for r in rounds) / 1e6
+    job_rate = statistics.median(data_bytes / r[2] for r in rounds) / 1e6
+    peak = statistics.median(r[3] for r in rounds)
+    own = [
+        _pipeline_seconds[f"big-{i}"] for i in range(opts.repeat) if f"big-{i}" in _pipeline_seconds
+    ]
+    return {
+        "job_pipeline_mb_s": data_bytes / statistics.median(own) / 1e6 if own else None,
+        "series_bytes": data_bytes,
+        "instances": len(big),
+        "raw_mb_s": raw_rate,
+        "job_mb_s": job_rate,
+        "ratio": job_rate / raw_rate,
+        "job_seconds": [r[2] for r in rounds],
+        "peak_rss_mib": peak,
+        "baseline_peak_rss_mib": baseline[1],
+        "memory_increase_mib": peak - baseline[1],
+    }
+
+
+def _job_series(url: str, unit: Unit, work: Path, name: str) -> tuple[float, float]:
+    uids = work / f"{name}.txt"
+    uids.write_text(f"{unit.study}/{unit.series}\n")
+    cmd = [sys.executable, "-m", "pipelines.retrieve", "--uids_file", str(uids)]
+    cmd += ["--dicomweb_url", url, "--output", str(work / f"job-{name}"), "--granularity", "series"]
+    child = run_child(cmd, work / f"job-{name}.log", what=f"retrieve {name}")
+    summary = (work / f"job-{name}.log").read_text(errors="replace")
+    match = re.search(r"retrieve finished in ([0-9.]+) s", summary)
+    if match:  # the job's own time: from pipeline start to end, start-up of Python excluded
+        _pipeline_seconds[name] = float(match.group(1))
+    return child.seconds, child.peak_rss_mib
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--series-mb", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scenario", choices=("small", "large", "all"), default="all")
+    parser.add_argument("--json", type=Path)
+    opts = parser.parse_args(argv)
+    results: dict[str, object] = {"machine": machine_facts(), "argv": sys.argv[1:]}
+    with cleanup_children(), tempfile.TemporaryDirectory(prefix="bench-retrieve-") as tmp:
+        work = Path(tmp)
+        if opts.scenario in ("small", "all"):
+            results["small"] = small = scenario_small(opts, work)
+            print(
+                f"small: {small['instances']} instances, raw {small['raw_rate']:,.0f} inst/s, "
+                f"job {small['job_rate']:,.0f} inst/s, ratio {small['ratio']:.2f} "
+                f"(target {RATIO_TARGET}; the job's pipeline alone, without option checks and "
+                f"preflight: {small['job_pipeline_rate']:,.0f} inst/s)"
+            )
+        if opts.scenario in ("large", "all"):
+            results["large"] = large = scenario_large(opts, work)
+            print(
+                f"large: {large['series_bytes'] / 2**20:,.0f} MiB series, "
+                f"raw {large['raw_mb_s']:,.0f} MB/s, job {large['job_mb_s']:,.0f} MB/s, "
+                f"ratio {large['ratio']:.2f} (target {RATIO_TARGET}; job without Python start-up "
+                f"{large['job_pipeline_mb_s'] or 0:,.0f} MB/s); "
+                f"peak RSS {large['peak_rss_mib']:.0f} MiB vs "
+                f"{large['baseline_peak_rss_mib']:.0f} MiB for a small series: +"
+                f"{large['memory_increase_mib']:.0f} MiB (target < {MEMORY_TARGET_MIB:.0f})"
+            )
+    if opts.json:
+        opts.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Read a ``multipart/related`` response part by part, as it arrives. No Beam here.
+
+A WADO-RS answer for a series or a study is one multipart body holding every instance; holding it
+whole (``requests``' ``.content``, ``email.parser``) costs the size of the series. This decoder
+pulls chunks from an iterator, passes each part's bytes on as soon as they cannot be the start of
+a delimiter, and keeps at most one chunk plus one delimiter in memory, whatever the part sizes.
+
+A body that ends before the close delimiter (``--boundary--``) raises ``MultipartError`` with
+reason ``truncated_response``; a body with no opening delimiter, a header block that never ends
+or a part shorter or longer than its own ``Content-Length`` raises it with ``bad_multipart`` or
+``size_mismatch``. Callers therefore never mistake a cut answer for a complete one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from transforms.dead_letter import Reason
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_PREAMBLE_BYTES = 64 * 1024
+
+
+class MultipartError(Exception):
+    """A multipart body that is cut, malformed, or inconsistent with its own headers."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def boundary_of(content_type: str) -> str:
+    """The ``boundary`` parameter of a multipart Content-Type (quoted or not)."""
+    for param in _params(content_type):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "boundary":
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if 0 < len(value) <= 200:
+                return value
+    raise MultipartError(Reason.BAD_MULTIPART, "multipart answer without a usable boundary")
+
+
+def media_type(content_type: str) -> str:
+    """``type/subtype`` of a Content-Type, lower case, without parameters."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _params(content_type: str) -> list[str]:
+    # Split on ; outside quotes: type="application/dicom; transfer-syntax=..." is one parameter.
+    out: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for ch in content_type:
+        if ch == '"':
+            quoted = not quoted
+        if ch == ";" and not quoted:
+            out.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    out.append("".join(current))
+    return out[1:]
+
+
+@dataclass(frozen=True)
+class PartHeaders:
+    """The headers of one part (names lower-cased)."""
+
+    fields: tuple[tuple[str, str], ...]
+
+    def get(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.fields:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def content_type(self) -> str:
+        return self.get("content-type") or "text/plain"
+
+    @property
+    def content_location(self) -> str | None:
+        return self.get("content-location")
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.get("content-length")
+        if value is None:
+            return None
+        value = value.strip()
+        if not value.isascii() or not value.isdigit():
+            raise MultipartError(Reason.BAD_MULTIPART, "a part has a bad Content-Length")
+        return int(value)
+
+
+def _parse_headers(block: bytes) -> PartHeaders:
+    fields: list[tuple[str, str]] = []
+    for raw in block.split(b"\r\n"):
+        if not raw:
+            continue
+        if raw[:1] in (b" ", b"\t") and fields:  # obsolete line folding
+            key, text = fields[-1]
+            fields[-1] = (key, text + " " + raw.strip().decode("latin-1"))
+            continue
+        name, sep, value = raw.partition(b":")
+        if not sep or not name.strip():
+            raise MultipartError(Reason.BAD_MULTIPART, "a part header line has no name")
+        fields.append((name.strip().decode("latin-1").lower(), value.strip().decode("latin-1")))
+    return PartHeaders(tuple(fields))
+
+
+class MultipartStream:
+    """Parts of one multipart body, in order, each body delivered in chunks.
+
+    Usage::
+
+        stream = MultipartStream(response.iter_content(1 << 20), boundary_of(content_type))
+        for headers in stream.parts():
+            for chunk in stream.body():   # must be read before asking for the next part
+                sink.write(chunk)
+
+    ``parts()`` skips whatever of a part's body was not read. Errors from the chunk iterator
+    (a connection cut mid-body) propagate unchanged.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], boundary: str) -> None:
+        self._chunks = iter(chunks)
+        self._delimiter = b"\r\n--" + boundary.encode("latin-1")
+        # The opening delimiter may start the body with no CRLF before it.
+        self._buf = bytearray(b"\r\n")
+        self._eof = False
+        self._in_body = False
+        self._done = False
+        self._expected: int | None = None
+        self._received = 0
+        self.parts_read = 0
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        for chunk in self._chunks:
+            if chunk:
+                self._buf += chunk
+                return True
+        self._eof = True
+        return False
+
+    def _truncated(self, where: str) -> MultipartError:
+        return MultipartError(
+            Reason.TRUNCATED_RESPONSE,
+            f"multipart answer ends {where} (after {self.parts_read} complete parts)",
+        )
+
+    def parts(self) -> Iterator[PartHeaders]:
+        self._skip_preamble()
+        while not self._done:
+            if self._in_body:
+                for _ in self.body():
+                    pass
+                continue
+            headers = self._after_delimiter()
+            if headers is None:
+                return
+            self._in_body = True
+            yield headers
+            if self._in_body:
+                for _ in self.body():
+                    pass
+
+    def _skip_preamble(self) -> None:
+        while True:
+            at = self._buf.find(self._delimiter)
+            if at >= 0:
+                del self._buf[: at + len(self._delimiter)]
+                return
+            if len(self._buf) > MAX_PREAMBLE_BYTES:
+                raise MultipartError(Reason.BAD_MULTIPART, "no multipart boundary where expected")
+            if not self._fill():
+                if self._delimiter.startswith(bytes(self._buf)):
+                    raise self._truncated("before its first part")
+                raise MultipartError(Reason.BAD_MULTIPART, "no multipart boundary in the answer")
+
+    def _after_delimiter(self) -> PartHeaders | None:
+        """After a delimiter: the close marker (None), or the next part's headers."""
+        while len(self._buf) < 2 and self._fill():
+            pass
+        if self._buf[:2] == b"--":
+            self._done = True
+            return None
+        while True:
+            line_end = self._buf.find(b"\r\n")
+            if line_end >= 0:
+                if self._buf[:line_end].strip(b" \t"):
+                    raise MultipartError(Reason.BAD_MULTIPART, "junk after a multipart boundary")
+                if self._buf[line_end + 2 : line_end + 4] == b"\r\n":  # a part with no headers
+                    del self._buf[: line_end + 4]
+                    return self._start_part(PartHeaders(()))
+                end = self._buf.find(b"\r\n\r\n", line_end + 2)
+                if end >= 0:
+                    block = bytes(self._buf[line_end + 2 : end])
+                    del self._buf[: end + 4]
+                    return self._start_part(_parse_headers(block))
+            if len(self._buf) > MAX_HEADER_BYTES:
+                raise MultipartError(Reason.BAD_MULTIPART, "a part's headers never end")
+            if not self._fill():
+                raise self._truncated("inside a part's headers")
+
+    def _start_part(self, headers: PartHeaders) -> PartHeaders:
+        self._expected = headers.content_length
+        self._received = 0
+        return headers
+
+    def body(self) -> Iterator[bytes]:
+        """The current part's bytes, chunk by chunk, up to the next delimiter."""
+        if not self._in_body:
+            return
+        keep = len(self._delimiter) - 1
+        searched = 0
+        while True:
+            at = self._buf.find(self._delimiter, searched)
+            if at >= 0:
+                if at:
+                    self._received += at
+                    yield bytes(self._buf[:at])
+                del self._buf[: at + len(self._delimiter)]
+                self._in_body = False
+                if self._expected is not None and self._expected != self._received:
+                    raise MultipartError(
+                        Reason.SIZE_MISMATCH,
+                        f"a part announced {self._expected} bytes and held {self._received}",
+                    )
+                self.parts_read += 1
+                return
+            safe = len(self._buf) - keep
+            if safe > 0:
+                self._received += safe
+                yield bytes(self._buf[:safe])
+                del self._buf[:safe]
+            searched = max(0, len(self._buf) - keep)
+            if not self._fill():
+                self._in_body = False
+                self._done = True
+                raise self._truncated("inside a part")

@@ -1,0 +1,159 @@
+"""Files written atomically below an output prefix (local or gs://), and checks for resuming.
+
+A file is first written to a spool file (beside the outputs for a local prefix, so the final step
+is one ``os.replace``; in the local temp directory for a remote prefix, then copied to a temporary
+object and renamed through Beam's FileSystems). A reader of the output therefore sees either no
+file or a complete one, never a partial one, even when a worker is killed mid-write.
+
+Beam is imported only for remote prefixes, so the retrieve client stays usable without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+SPOOL_DIR = ".retrieve-tmp"
+COPY_BLOCK = 1 << 20
+
+
+def _filesystems() -> Any:
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415 - remote prefixes only
+
+    return FileSystems
+
+
+def join(prefix: str, relative: str) -> str:
+    return f"{prefix.rstrip('/')}/{relative}"
+
+
+class Spool:
+    """A file being written: counts its bytes and hashes them on the way."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def discard(self) -> None:
+        self.close()
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """The output prefix of a retrieve.
+
+    Args:
+      prefix: a local directory or a URL Beam's FileSystems knows (``gs://bucket/dir``).
+    """
+
+    prefix: str
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.prefix
+
+    def path(self, relative: str) -> str:
+        return join(self.prefix, relative)
+
+    def spool(self) -> Spool:
+        if self.is_local:
+            directory = os.path.join(self.prefix, SPOOL_DIR)
+            os.makedirs(directory, exist_ok=True)
+        else:
+            directory = tempfile.gettempdir()
+        return Spool(os.path.join(directory, f"part-{uuid.uuid4().hex}"))
+
+    def cleanup(self) -> None:
+        """Remove the local spool directory if nothing is left in it (a finished run)."""
+        if self.is_local:
+            try:
+                os.rmdir(os.path.join(self.prefix, SPOOL_DIR))
+            except OSError:
+                pass  # absent, or still used by another worker of this output
+
+    def commit(self, spool: Spool, relative: str) -> str:
+        """Move a complete spool file to its final name (atomic for the reader); its path."""
+        spool.close()
+        final = self.path(relative)
+        if self.is_local:
+            os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
+            os.replace(spool.path, final)
+            return final
+        fs = _filesystems()
+        temporary = f"{final}.part-{uuid.uuid4().hex[:12]}"
+        try:
+            with open(spool.path, "rb") as source, fs.create(temporary) as sink:
+                while block := source.read(COPY_BLOCK):
+                    sink.write(block)
+            fs.rename([temporary], [final])
+        finally:
+            spool.discard()
+        return final
+
+    def size(self, relative: str) -> int | None:
+        """The size of an existing output file, None when there is none."""
+        path = self.path(relative)
+        if self.is_local:
+            try:
+                return os.stat(path).st_size
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        fs = _filesystems()
+        try:
+            found = fs.match([path])[0].metadata_list
+        except Exception:  # noqa: BLE001 - Beam raises its own BeamIOError for a missing file
+            return None
+        return int(found[0].size_in_bytes) if found else None
+
+    def open(self, relative: str) -> BinaryIO:
+        path = self.path(relative)
+        if self.is_local:
+            return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        from apache_beam.io.filesystem import CompressionTypes  # noqa: PLC0415
+
+        return _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+    def sha256(self, relative: str) -> str:
+        digest = hashlib.sha256()
+        with self.open(relative) as f:
+            while block := f.read(COPY_BLOCK):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def any_below(self, relative_dir: str) -> bool:
+        """Whether anything was written below a directory already (a run to resume)."""
+        path = self.path(relative_dir)
+        if self.is_local:
+            try:
+                return any(True for _ in os.scandir(path))
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+        try:
+            return bool(_filesystems().match([path.rstrip("/") + "/*"])[0].metadata_list)
+        except Exception:  # noqa: BLE001
+            return False
