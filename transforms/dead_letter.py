@@ -33,12 +33,25 @@ class Reason:
     RETRIES_EXHAUSTED = "retries_exhausted"
     TLS_ERROR = "tls_error"
     BAD_RESPONSE = "bad_response"
+    # JSON + JPEG pairs (pipelines.store_json_jpeg)
+    NOT_JPEG = "not_jpeg"
+    PROGRESSIVE_JPEG = "progressive_jpeg"
+    UNSUPPORTED_JPEG = "unsupported_jpeg"
+    MISSING_JPEG = "missing_jpeg"
+    MISSING_METADATA = "missing_metadata"
+    JPEG_CLAIMED_TWICE = "jpeg_claimed_twice"
+    NOT_DICOM_JSON = "not_dicom_json"
+    METADATA_MISMATCH = "metadata_mismatch"
+    BUILD_FAILED = "build_failed"
 
 
 class Stage:
     READ = "read"
     VALIDATE = "validate"
     STORE = "store"
+    # JSON + JPEG pairs (pipelines.store_json_jpeg)
+    PAIR = "pair"
+    BUILD = "build"
 
 
 def utc_now() -> str:
