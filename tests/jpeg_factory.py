@@ -145,7 +145,7 @@ def write_bad_pairs(directory: Path) -> list[BadPair]:
         out.append(BadPair(json_path, reason))
 
     put("bad-no-jpeg", "missing_jpeg", metadata("bad-no-jpeg"), None)
-    put("bad-corrupt", "not_jpeg", metadata("bad-corrupt"), b"\xff\xd8\xff\xe0garbage" * 30)
+    put("bad-corrupt", "not_jpeg", metadata("bad-corrupt"), b"\xff\xd8" + b"corrupt data " * 30)
     put("bad-truncated", "truncated", metadata("bad-truncated"), good[: len(good) // 2])
     put("bad-png", "not_jpeg", metadata("bad-png"), png_bytes())
     put("bad-progressive", "progressive_jpeg", metadata("bad-progressive"),

@@ -21,6 +21,9 @@ HTTP_RETRIES = "http_retries"
 THROTTLED_MS = "throttled_ms"
 DEAD_LETTERS = "dead_letters"
 FAILED_PREFIX = "failed_"
+# JSON + JPEG pairs (pipelines.store_json_jpeg)
+PAIRS_VALID = "pairs_valid"
+INSTANCES_BUILT = "instances_built"
 
 
 def inc(name: str, value: int = 1) -> None:

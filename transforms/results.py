@@ -18,3 +18,14 @@ class ReadResult(NamedTuple):
 class StoreResult(NamedTuple):
     stored: beam.PCollection  # StoredInstance (stored now or already present)
     failed: beam.PCollection  # DeadLetter
+
+
+# JSON + JPEG pairs (pipelines.store_json_jpeg)
+class PairsResult(NamedTuple):
+    pairs: beam.PCollection  # PreparedInstance (validated, unique SOP Instance UIDs)
+    failed: beam.PCollection  # DeadLetter
+
+
+class BuildResult(NamedTuple):
+    files: beam.PCollection  # DicomFile: a built Part 10 instance
+    failed: beam.PCollection  # DeadLetter

@@ -167,7 +167,7 @@ def prepare(
     elements = {k.upper(): v for k, v in metadata.items()}
     declared_syntax = _pop_file_meta(elements)
     _pop_pixel_data(elements)
-    ds = _dataset(elements)
+    ds = dataset_from_json(elements)
     generated: list[tuple[str, str]] = []
     for keyword in _UID_KEYWORDS:
         if not ds.get(keyword):
@@ -265,7 +265,8 @@ def _check_shape(elements: Any) -> None:
                 _check_shape(item)
 
 
-def _dataset(elements: dict[str, Any]) -> Dataset:
+def dataset_from_json(elements: dict[str, Any]) -> Dataset:
+    """pydicom's Dataset of DICOM JSON elements, or ``InvalidInputError(not_dicom_json)``."""
     try:
         _check_shape(elements)
         with warnings.catch_warnings():
