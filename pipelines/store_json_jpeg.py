@@ -123,9 +123,9 @@ def settings_from(options: PipelineOptions) -> JsonJpegSettings:
             check_existing=not store.no_check_existing,
             retry=retry_from(web),
         )
-    mode = own.json_jpeg_mode or (
-        "server" if endpoint is not None and endpoint.is_google else "client"
-    )
+    # A Google store is known by its host or by its path (a proxy or a test stand-in).
+    google = endpoint is not None and (endpoint.is_google or bool(endpoint.google_store_path))
+    mode = own.json_jpeg_mode or ("server" if google else "client")
     if own.build_only and own.json_jpeg_mode == "server":
         raise ValueError("--build_only writes what client mode would send: it needs --mode client")
     build = BuildOptions(
