@@ -168,9 +168,10 @@ def test_template_and_csv_run(orthanc: LocalOrthanc, tmp_path: Path) -> None:
         ]
     )  # fmt: skip
     assert code == job.EXIT_DEAD_LETTERS
-    assert [(d["reason"], Path(d["source"]).name) for d in _lines(tmp_path / "out", "dead_letter")] == [
+    letters = _lines(tmp_path / "out", "dead_letter")
+    assert [(d["reason"], Path(d["source"]).name) for d in letters] == [
         ("missing_jpeg", "meta.csv")
-    ]  # fmt: skip
+    ]
     stored = _lines(tmp_path / "out", "stored")
     assert sorted(Path(r["jpeg_path"]).name for r in stored) == ["img0.jpg", "img1.jpg", "img2.jpg"]
     assert {r["study_uid"] for r in stored} == {study}  # from the CSV, not generated
