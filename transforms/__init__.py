@@ -39,6 +39,15 @@ _EXPORTS: dict[str, str] = {
     "StowBatch": "transforms.records",
     "StowConfig": "transforms.dicomweb.stow",
     "WriteToDicomStore": "transforms.stow",
+    # JSON + JPEG pairs (pipelines.store_json_jpeg)
+    "BuildDicomFiles": "transforms.store_json_jpeg",
+    "BuildOptions": "transforms.dicom.build",
+    "BuildResult": "transforms.results",
+    "CreatedInstance": "transforms.records",
+    "PairsResult": "transforms.results",
+    "PreparedInstance": "transforms.dicom.build",
+    "ReadJsonJpegPairs": "transforms.read_json_jpeg",
+    "StoreJsonJpegPairs": "transforms.store_json_jpeg",
 }
 
 __all__ = [
@@ -57,6 +66,15 @@ __all__ = [
     "StowBatch",
     "StowConfig",
     "WriteToDicomStore",
+    # JSON + JPEG pairs (pipelines.store_json_jpeg)
+    "BuildDicomFiles",
+    "BuildOptions",
+    "BuildResult",
+    "CreatedInstance",
+    "PairsResult",
+    "PreparedInstance",
+    "ReadJsonJpegPairs",
+    "StoreJsonJpegPairs",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
@@ -69,6 +87,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
     from transforms.records import DicomFile, InstanceUids, StoredInstance, StowBatch
     from transforms.results import ReadResult, StoreResult
     from transforms.stow import WriteToDicomStore
+
+if TYPE_CHECKING:  # JSON + JPEG pairs (pipelines.store_json_jpeg)
+    from transforms.dicom.build import BuildOptions, PreparedInstance
+    from transforms.read_json_jpeg import ReadJsonJpegPairs
+    from transforms.records import CreatedInstance
+    from transforms.results import BuildResult, PairsResult
+    from transforms.store_json_jpeg import BuildDicomFiles, StoreJsonJpegPairs
 
 
 def __getattr__(name: str) -> Any:
