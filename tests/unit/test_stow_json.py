@@ -148,3 +148,19 @@ def test_a_refused_instance_is_dead_lettered_alone(
     refused = outcomes[other_study.uids.sop]
     assert isinstance(refused, DeadLetter) and refused.reason == "rejected"
     assert refused.http_status == 409 and refused.server_reason == "0xA900"
+
+
+def test_the_benchmark_sink_answers_json_jpeg_requests_per_instance(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from stow_sink import StowSink
+
+    study = jf.uid("sink-study")
+    pairs = [pair(tmp_path, f"s{i}", jf.jpeg_bytes(seed=i), study=study) for i in range(3)]
+    with StowSink() as sink:
+        endpoint = DicomwebEndpoint(sink.base_url + "/dicom-web")
+        stow = JsonJpegStowClient(requests.Session(), StowConfig(endpoint))
+        report = stow.store_pairs(study, pairs)
+        assert sink.counters["instances"] == 3 and sink.counters["stow_requests"] == 1
+    assert [o.status for o in report.outcomes if isinstance(o, StoredInstance)] == ["stored"] * 3
