@@ -71,6 +71,10 @@ def _dead(source: str, reason: str, message: str, stage: str = Stage.PAIR) -> De
     return letter
 
 
+def _letter(source: str, reason: str, message: str) -> DeadLetter:
+    return DeadLetter(stage=Stage.VALIDATE, source=source, reason=reason, message=message)
+
+
 def _failed(source: str, reason: str, message: str, stage: str = Stage.PAIR) -> Any:
     return beam.pvalue.TaggedOutput(FAILED_TAG, _dead(source, reason, message, stage))
 
@@ -121,7 +125,17 @@ def jpeg_candidates(json_path: str, uri: str | None) -> list[str]:
 
 
 class _LocateJpegFn(beam.DoFn):
-    """JSON file -> (JPEG path, candidate), or a dead letter."""
+    """JSON file -> (JPEG path, PreparedInstance or DeadLetter), or a dead letter.
+
+    Validation happens here, before the JPEGs' claims are counted, to save a step per pair; a
+    claim conflict still wins over a validation failure (see ``_ClaimFn``).
+    """
+
+    def __init__(self, options: BuildOptions) -> None:
+        self._validate = _ValidateFn(options)
+
+    def setup(self) -> None:
+        self._validate.setup()
 
     def process(self, path: str) -> Iterator[Any]:
         try:
@@ -143,7 +157,7 @@ class _LocateJpegFn(beam.DoFn):
         tried = jpeg_candidates(path, uri)
         for candidate in tried:
             if _exists(candidate):
-                yield candidate, _Candidate(path, path, candidate, text)
+                yield candidate, self._validate.check(_Candidate(path, path, candidate, text))
                 return
         names = ", ".join(_basename(t) for t in tried)
         yield _failed(path, Reason.MISSING_JPEG, f"no JPEG found for this JSON (tried {names})")
@@ -152,11 +166,19 @@ class _LocateJpegFn(beam.DoFn):
 class _ClaimFn(beam.DoFn):
     """A JPEG with exactly one JSON file is a pair; several JSON files are all dead letters."""
 
-    def process(self, element: tuple[str, Iterable[_Candidate]]) -> Iterator[Any]:
+    def process(
+        self, element: tuple[str, Iterable[PreparedInstance | DeadLetter]]
+    ) -> Iterator[Any]:
         jpeg, claims = element
         claimants = sorted(claims, key=lambda c: c.source)
         if len(claimants) == 1:
-            yield claimants[0]
+            (only,) = claimants
+            if isinstance(only, DeadLetter):
+                metrics.count_dead_letter(only)
+                yield beam.pvalue.TaggedOutput(FAILED_TAG, only)
+            else:
+                metrics.inc(metrics.PAIRS_VALID)
+                yield only
             return
         others = len(claimants) - 1
         for c in claimants:
@@ -244,19 +266,26 @@ class _ValidateFn(beam.DoFn):
         warnings.filterwarnings("ignore", module=r"pydicom\..*")
 
     def process(self, c: _Candidate) -> Iterator[Any]:
-        try:
-            yield self._prepare(c)
+        result = self.check(c)
+        if isinstance(result, DeadLetter):
+            metrics.count_dead_letter(result)
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, result)
+        else:
             metrics.inc(metrics.PAIRS_VALID)
+            yield result
+
+    def check(self, c: _Candidate) -> PreparedInstance | DeadLetter:
+        """The prepared pair, or its dead letter (not yet counted)."""
+        try:
+            return self._prepare(c)
         except InvalidInputError as exc:
-            yield _failed(c.source, exc.reason, exc.message, Stage.VALIDATE)
+            return _letter(c.source, exc.reason, exc.message)
         except OSError as exc:
-            yield _failed(
-                c.source, Reason.UNREADABLE, f"cannot read {_basename(c.jpeg_path)} ({exc})"
-            )
+            why = f"cannot read {_basename(c.jpeg_path)} ({exc.strerror})"
+            return _letter(c.source, Reason.UNREADABLE, why)
         except Exception as exc:  # never fail the bundle for one odd input
-            yield _failed(
-                c.source, Reason.NOT_DICOM_JSON, f"unexpected {type(exc).__name__} validating it"
-            )
+            why = f"unexpected {type(exc).__name__} validating it"
+            return _letter(c.source, Reason.NOT_DICOM_JSON, why)
 
     def _prepare(self, c: _Candidate) -> PreparedInstance:
         size = _size(c.jpeg_path)
@@ -329,6 +358,8 @@ class ReadJsonJpegPairs(beam.PTransform):
       options: UID generation and metadata checks.
       template: a DICOM JSON dataset used for every matched image (template mode).
       metadata_csv: with ``template``: per-image values (first column ``file``, the base name).
+      unique_sops: dead-letter all but the first pair (by source) of a repeated SOP Instance
+        UID. A consumer that does this itself (server mode's batching) saves a step without.
     """
 
     def __init__(
@@ -338,6 +369,7 @@ class ReadJsonJpegPairs(beam.PTransform):
         options: BuildOptions | None = None,
         template: Mapping[str, Any] | None = None,
         metadata_csv: str | None = None,
+        unique_sops: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(patterns, str):
@@ -350,6 +382,7 @@ class ReadJsonJpegPairs(beam.PTransform):
         self._options = options or BuildOptions()
         self._template = dict(template) if template is not None else None
         self._csv = metadata_csv
+        self._unique_sops = unique_sops
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> PairsResult:
         paths = (
@@ -364,44 +397,44 @@ class ReadJsonJpegPairs(beam.PTransform):
             located = (
                 paths
                 | "JsonFiles" >> beam.Filter(_is_json)
-                | "LocateJpegs" >> beam.ParDo(_LocateJpegFn()).with_outputs(FAILED_TAG, main="kv")
+                | "LocateAndValidate"
+                >> beam.ParDo(_LocateJpegFn(self._options)).with_outputs(FAILED_TAG, main="kv")
             )
             paired = (
                 located.kv
                 | "GroupByJpeg" >> beam.GroupByKey()
                 | "OneJsonPerJpeg" >> beam.ParDo(_ClaimFn()).with_outputs(FAILED_TAG, main="ok")
             )
-            pairing_failed = [located[FAILED_TAG], paired[FAILED_TAG]]
-            candidates = paired.ok
+            failures = [located[FAILED_TAG], paired[FAILED_TAG]]
+            valid = paired.ok
         else:
             images = paths | "Images" >> beam.Filter(_is_image) | "ByName" >> beam.Map(_image_key)
             rows = pbegin | "CsvPath" >> beam.Create([self._csv] if self._csv else [])
             read = rows | "CsvRows" >> beam.ParDo(_ReadCsvFn()).with_outputs(
                 FAILED_TAG, main="rows"
             )
-            rows = read.rows
             matched = (
-                {"images": images, "rows": rows}
+                {"images": images, "rows": read.rows}
                 | "JoinRows" >> beam.CoGroupByKey()
                 | "ApplyTemplate"
                 >> beam.ParDo(_MatchRowsFn(self._template, self._csv)).with_outputs(
                     FAILED_TAG, main="ok"
                 )
             )
-            pairing_failed = [read[FAILED_TAG], matched[FAILED_TAG]]
-            candidates = matched.ok
-        validated = candidates | "Validate" >> beam.ParDo(_ValidateFn(self._options)).with_outputs(
-            FAILED_TAG, main="ok"
-        )
-        unique = (
-            validated.ok
-            | "KeyBySop" >> beam.Map(_sop_key)
-            | "GroupBySop" >> beam.GroupByKey()
-            | "KeepFirstSop" >> beam.ParDo(_KeepFirstSopFn()).with_outputs(FAILED_TAG, main="ok")
-        )
-        failed = (
-            *pairing_failed,
-            validated[FAILED_TAG],
-            unique[FAILED_TAG],
-        ) | "FlattenFailed" >> beam.Flatten()
-        return PairsResult(pairs=unique.ok, failed=failed)
+            validated = matched.ok | "Validate" >> beam.ParDo(
+                _ValidateFn(self._options)
+            ).with_outputs(FAILED_TAG, main="ok")
+            failures = [read[FAILED_TAG], matched[FAILED_TAG], validated[FAILED_TAG]]
+            valid = validated.ok
+        if self._unique_sops:
+            unique = (
+                valid
+                | "KeyBySop" >> beam.Map(_sop_key)
+                | "GroupBySop" >> beam.GroupByKey()
+                | "KeepFirstSop"
+                >> beam.ParDo(_KeepFirstSopFn()).with_outputs(FAILED_TAG, main="ok")
+            )
+            failures.append(unique[FAILED_TAG])
+            valid = unique.ok
+        failed = tuple(failures) | "FlattenFailed" >> beam.Flatten()
+        return PairsResult(pairs=valid, failed=failed)

@@ -224,20 +224,27 @@ def _study_key(p: PreparedInstance) -> tuple[str, PreparedInstance]:
 
 
 class _PlanPairBatchesFn(beam.DoFn):
+    """One study's pairs -> batches (bounded by count and bytes); a repeated SOP Instance UID
+    is dead-lettered (``duplicate_input``) for all but the first source, as the store does."""
+
     def __init__(self, max_count: int, max_bytes: int) -> None:
         self._max_count = max_count
         self._max_bytes = max_bytes
 
-    def process(
-        self, element: tuple[str, Iterable[PreparedInstance]]
-    ) -> Iterator[tuple[str, tuple[PreparedInstance, ...]]]:
+    def process(self, element: tuple[str, Iterable[PreparedInstance]]) -> Iterator[Any]:
         study, pairs = element
-        by_sop = {p.uids.sop: p for p in pairs}
-        files = [as_dicom_file(p) for p in by_sop.values()]
+        # JPEG paths are unique (a JPEG claimed twice was dead-lettered), so they key the pairs;
+        # planning orders by path, so sources order the same way here.
+        by_path = {p.jpeg_path: p for p in pairs}
+        files = [as_dicom_file(p) for p in by_path.values()]
         for item in plan_study(study, files, max_count=self._max_count, max_bytes=self._max_bytes):
-            # SOP UIDs are unique here, so plan_study only cuts batches (no duplicates).
-            if not isinstance(item, DeadLetter):
-                yield study, tuple(by_sop[f.uids.sop] for f in item.files)
+            if isinstance(item, DeadLetter):
+                pair = by_path[item.source]
+                letter = for_pair(dataclasses.replace(item, stage=Stage.VALIDATE), pair)
+                metrics.count_dead_letter(letter)
+                yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
+            else:
+                yield study, tuple(by_path[f.path] for f in item.files)
 
 
 @dataclass
@@ -448,12 +455,17 @@ class StoreJsonJpegPairs(beam.PTransform):
         return StoreResult(stored=joined.stored, failed=failed)
 
     def _server(self, pairs: beam.PCollection) -> StoreResult:
-        sent = (
+        planned = (
             pairs
             | "KeyByStudy" >> beam.Map(_study_key)
             | "GroupByStudy" >> beam.GroupByKey()
             | "PlanBatches"
-            >> beam.ParDo(_PlanPairBatchesFn(self._batch_size, self._max_batch_bytes))
+            >> beam.ParDo(_PlanPairBatchesFn(self._batch_size, self._max_batch_bytes)).with_outputs(
+                FAILED_TAG, main="batches"
+            )
+        )
+        sent = (
+            planned.batches
             | "SpreadBatches" >> beam.Reshuffle()
             | "PostJsonJpeg"
             >> beam.ParDo(
@@ -466,4 +478,5 @@ class StoreJsonJpegPairs(beam.PTransform):
                 )
             ).with_outputs(FAILED_TAG, main="stored")
         )
-        return StoreResult(stored=sent.stored, failed=sent[FAILED_TAG])
+        failed = (planned[FAILED_TAG], sent[FAILED_TAG]) | "FlattenFailed" >> beam.Flatten()
+        return StoreResult(stored=sent.stored, failed=failed)

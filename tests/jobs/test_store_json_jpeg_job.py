@@ -214,6 +214,11 @@ def test_server_mode_is_the_default_for_google_and_sends_json_and_jpeg(
     monkeypatch.setenv("DWB_TEST_TOKEN", "standin-token")
     good = jf.write_good_pairs(tmp_path / "in", 3)
     bad = jf.write_bad_pairs(tmp_path / "in")
+    # A second pair with the SOP Instance UID of good-0000: the first source (by path) wins.
+    same = jf.metadata("dup", study=uid("good-study"), series=uid("good-series"))
+    same["00080018"] = json.loads(good[0].read_text())["00080018"]
+    dup, _ = jf.write_pair(tmp_path / "in", "zz-dup", same, jf.jpeg_bytes(seed=7))
+    bad.append(jf.BadPair(dup, "duplicate_input"))
     with GoogleJsonStandin(expected_token="standin-token") as standin:
         argv = [
             "--input", str(tmp_path / "in" / "*.json"), "--dicomweb_url", standin.dicomweb_url,

@@ -170,3 +170,14 @@ def test_bad_build_options_are_refused() -> None:
         build.BuildOptions(uid_root="1.2.x")
     with pytest.raises(ValueError, match="longer"):
         build.BuildOptions(uid_root="1." + "2" * 50)
+
+
+def test_a_generated_series_depends_on_the_study_it_belongs_to() -> None:
+    options = build.BuildOptions(generate_uids=True)
+    data = jf.jpeg_bytes()
+    metas = [jf.metadata("s", study=jf.uid(f"study-{n}")) for n in "ab"]
+    for meta in metas:
+        del meta["0020000E"]
+    a, b = (prepared(meta, data, options) for meta in metas)
+    assert a.uids.series != b.uids.series
+    assert [k for k, _ in a.generated_uids] == ["SeriesInstanceUID"]

@@ -52,6 +52,32 @@ _VRS = frozenset(
     "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
     "UN UR US UT UV".split()
 )
+# Tags and VRs of the attributes set here (DICOM JSON keys are tags).
+_TAGS = {
+    "StudyInstanceUID": "0020000D",
+    "SeriesInstanceUID": "0020000E",
+    "SOPInstanceUID": "00080018",
+    "SOPClassUID": "00080016",
+    "Rows": "00280010",
+    "Columns": "00280011",
+    "SamplesPerPixel": "00280002",
+    "PhotometricInterpretation": "00280004",
+    "PlanarConfiguration": "00280006",
+    "NumberOfFrames": "00280008",
+    "BitsAllocated": "00280100",
+    "BitsStored": "00280101",
+    "HighBit": "00280102",
+    "PixelRepresentation": "00280103",
+    "LossyImageCompression": "00282110",
+    "SpecificCharacterSet": SPECIFIC_CHARACTER_SET,
+}
+_VR_OF = {
+    **{k: "US" for k in _TAGS},
+    "PhotometricInterpretation": "CS",
+    "NumberOfFrames": "IS",
+    "LossyImageCompression": "CS",
+    "SpecificCharacterSet": "CS",
+}
 FIX_HINT = "--fix_metadata would take the JPEG's values"
 
 
@@ -167,39 +193,35 @@ def prepare(
     elements = {k.upper(): v for k, v in metadata.items()}
     declared_syntax = _pop_file_meta(elements)
     _pop_pixel_data(elements)
-    ds = dataset_from_json(elements)
+    dataset_from_json(elements)  # the check only: the elements themselves are kept as given
     generated: list[tuple[str, str]] = []
     for keyword in _UID_KEYWORDS:
-        if not ds.get(keyword):
+        tag = _TAGS[keyword]
+        if _first(elements, tag) in (None, ""):
             if not options.generate_uids:
                 raise InvalidInputError(
                     Reason.MISSING_UID, f"{keyword} is missing (--generate_uids would make one)"
                 )
-            value = _generate(keyword, options.uid_root, ds, folder, source, content_digest)
-            setattr(ds, keyword, value)
+            value = _generate(keyword, options.uid_root, elements, folder, source, content_digest)
+            elements[tag] = {"vr": "UI", "Value": [value]}
             generated.append((keyword, value))
-    if not ds.get("SOPClassUID"):
+    if _first(elements, _TAGS["SOPClassUID"]) in (None, ""):
         if options.sop_class_uid is None:
             raise InvalidInputError(
                 Reason.MISSING_UID,
                 "SOPClassUID is missing (put it in the metadata or the template, or give "
                 "--sop_class_uid; it is never generated)",
             )
-        ds.SOPClassUID = options.sop_class_uid
+        elements[_TAGS["SOPClassUID"]] = {"vr": "UI", "Value": [options.sop_class_uid]}
     study, series, sop, sop_class = (
-        check_uid(_text(ds.get(k)), k) for k in (*_UID_KEYWORDS, "SOPClassUID")
+        check_uid(_first(elements, _TAGS[k]), k) for k in (*_UID_KEYWORDS, "SOPClassUID")
     )
-    _reconcile(ds, info, declared_syntax, options.fix_metadata)
-    if "SpecificCharacterSet" not in ds:
-        ds.SpecificCharacterSet = "ISO_IR 192"  # JSON text is Unicode
-    if "LossyImageCompression" not in ds and info.process != "lossless":
-        ds.LossyImageCompression = "01"
-    try:
-        metadata_json = json.dumps(ds.to_json_dict(), ensure_ascii=False)
-    except Exception as exc:  # pydicom cannot write some value back: not usable DICOM JSON
-        raise InvalidInputError(
-            Reason.NOT_DICOM_JSON, f"a value of the metadata is not valid ({type(exc).__name__})"
-        ) from None
+    _reconcile(elements, info, declared_syntax, options.fix_metadata)
+    if _first(elements, SPECIFIC_CHARACTER_SET) is None:
+        _put(elements, "SpecificCharacterSet", "ISO_IR 192")  # JSON text is Unicode
+    if _first(elements, _TAGS["LossyImageCompression"]) is None and info.process != "lossless":
+        _put(elements, "LossyImageCompression", "01")
+    metadata_json = json.dumps(elements, ensure_ascii=False)
     return PreparedInstance(
         source=source,
         json_path=json_path,
@@ -211,10 +233,6 @@ def prepare(
         generated_uids=tuple(generated),
         metadata_json=metadata_json,
     )
-
-
-def _text(value: object) -> object:
-    return str(value) if isinstance(value, pydicom.uid.UID) else value
 
 
 def _pop_file_meta(elements: dict[str, Any]) -> str | None:
@@ -272,9 +290,7 @@ def dataset_from_json(elements: dict[str, Any]) -> Dataset:
         with warnings.catch_warnings():
             # pydicom's warnings quote values, which may be patient data.
             warnings.simplefilter("ignore")
-            ds = Dataset.from_json(elements)
-            for element in ds:  # conversions may be lazy: make them happen here
-                _ = element.value
+            ds = Dataset.from_json(elements)  # converts every value (pydicom 3)
     except Exception as exc:  # pydicom raises many types; all mean "not DICOM JSON"
         raise InvalidInputError(
             Reason.NOT_DICOM_JSON,
@@ -284,28 +300,45 @@ def dataset_from_json(elements: dict[str, Any]) -> Dataset:
     return ds
 
 
-def _generate(keyword: str, root: str, ds: Dataset, folder: str, source: str, digest: str) -> str:
+def _generate(
+    keyword: str, root: str, elements: Mapping[str, Any], folder: str, source: str, digest: str
+) -> str:
     if keyword == "StudyInstanceUID":
         return generated_uid(root, "study", folder)
     if keyword == "SeriesInstanceUID":
-        return generated_uid(root, "series", folder, str(ds.get("StudyInstanceUID", "")))
+        # Two studies in one folder must not share a series.
+        study = _first(elements, _TAGS["StudyInstanceUID"]) or ""
+        return generated_uid(root, "series", folder, str(study))
     return generated_uid(root, "sop", source, digest)
 
 
-def _reconcile(ds: Dataset, info: JpegInfo, declared_syntax: str | None, fix: bool) -> None:
+def _first(elements: Mapping[str, Any], tag: str) -> Any:
+    element = elements.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values[0] if isinstance(values, list) and values else None
+
+
+def _put(elements: dict[str, Any], keyword: str, value: object) -> None:
+    elements[_TAGS[keyword]] = {"vr": _VR_OF[keyword], "Value": [value]}
+
+
+def _reconcile(
+    elements: dict[str, Any], info: JpegInfo, declared_syntax: str | None, fix: bool
+) -> None:
     """Image Pixel attributes from the JPEG: filled when absent, checked when present."""
     wanted = info.dicom_attributes()
     disagreements = []
     for keyword, value in wanted.items():
-        if keyword in ds and ds[keyword].value not in (None, ""):
-            have = ds[keyword].value
-            if str(have).strip() != str(value):
-                disagreements.append(
-                    f"{keyword} is {str(have)[:32]} in the metadata but {value} in the JPEG"
-                )
-    frames = ds.get("NumberOfFrames")
+        have = _first(elements, _TAGS[keyword])
+        if have not in (None, "") and str(have).strip() != str(value):
+            disagreements.append(
+                f"{keyword} is {str(have)[:32]} in the metadata but {value} in the JPEG"
+            )
+    frames = _first(elements, _TAGS["NumberOfFrames"])
     if frames not in (None, "") and str(frames).strip() != "1":
-        disagreements.append(f"NumberOfFrames is {frames} in the metadata but a JPEG is 1 frame")
+        disagreements.append(
+            f"NumberOfFrames is {str(frames)[:16]} in the metadata but a JPEG is 1 frame"
+        )
     if declared_syntax is not None and declared_syntax != info.transfer_syntax_uid:
         disagreements.append(
             f"TransferSyntaxUID is {declared_syntax[:64]} in the metadata but this "
@@ -316,9 +349,9 @@ def _reconcile(ds: Dataset, info: JpegInfo, declared_syntax: str | None, fix: bo
             Reason.METADATA_MISMATCH, "; ".join(disagreements) + f" ({FIX_HINT})"
         )
     for keyword, value in wanted.items():
-        setattr(ds, keyword, value)
+        _put(elements, keyword, value)
     if frames not in (None, ""):
-        ds.NumberOfFrames = 1
+        _put(elements, "NumberOfFrames", 1)
 
 
 def build_part10(prepared: PreparedInstance, jpeg: bytes) -> bytes:
