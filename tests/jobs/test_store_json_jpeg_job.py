@@ -263,3 +263,25 @@ def test_help_lists_the_job_options(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for option in ("--template", "--metadata_csv", "--mode", "--generate_uids", "--build_only"):
         assert option in text
+
+
+def test_client_mode_on_google_sends_part10_with_the_storage_class(tmp_path: Path) -> None:
+    good = jf.write_good_pairs(tmp_path / "in", 2)
+    with GoogleJsonStandin() as standin:
+        argv = [
+            "--input", str(tmp_path / "in" / "*.json"), "--dicomweb_url", standin.dicomweb_url,
+            "--auth", "none", "--mode", "client", "--storage_class", "ARCHIVE",
+            "--output", str(tmp_path / "o"),
+        ]  # fmt: skip
+        assert job.main(argv) == job.EXIT_OK
+        posts = [r for r in standin.requests if r.method == "POST"]
+        assert standin.json_requests == [] and len(posts) == 1
+        assert posts[0].headers["Storage-Class"] == "ARCHIVE"
+        assert (
+            posts[0]
+            .headers["Content-Type"]
+            .startswith('multipart/related; type="application/dicom"')
+        )
+        assert {b.storage_class for b in standin.instances.values()} == {"ARCHIVE"}
+    stored = _lines(tmp_path / "o", "stored")
+    assert sorted(r["source"] for r in stored) == sorted(str(g) for g in good)

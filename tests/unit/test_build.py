@@ -181,3 +181,15 @@ def test_a_generated_series_depends_on_the_study_it_belongs_to() -> None:
     a, b = (prepared(meta, data, options) for meta in metas)
     assert a.uids.series != b.uids.series
     assert [k for k, _ in a.generated_uids] == ["SeriesInstanceUID"]
+
+
+def test_lossless_jpeg_builds_with_its_syntax_and_decodes_unchanged() -> None:
+    from pydicom.encaps import generate_frames
+
+    original = pydicom.dcmread(jf.testdata("JPEG-LL.dcm"))
+    data = next(generate_frames(original.PixelData, number_of_frames=1))
+    p = prepared(jf.metadata("lossless"), data)
+    ds = pydicom.dcmread(io.BytesIO(build.build_part10(p, data)))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    assert "LossyImageCompression" not in ds
+    assert np.array_equal(ds.pixel_array, original.pixel_array)
