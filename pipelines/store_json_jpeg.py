@@ -187,9 +187,9 @@ def build(pipeline: beam.Pipeline, settings: JsonJpegSettings) -> StoreResult:
         options=settings.build,
         template=settings.template,
         metadata_csv=settings.metadata_csv,
-        # Server mode's batching dead-letters repeated SOP Instance UIDs itself; client mode
-        # names its staging files by SOP Instance UID, so it needs them unique first.
-        unique_sops=settings.mode != "server",
+        # Storing dead-letters repeated SOP Instance UIDs itself (by study, as pipelines.store);
+        # --build_only names its files by SOP Instance UID, so it needs them unique first.
+        unique_sops=settings.build_only,
     )
     if settings.build_only:
         built = read.pairs | "BuildOnly" >> BuildDicomFiles(

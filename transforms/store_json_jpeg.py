@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import io
 import os
 import uuid
@@ -62,8 +63,12 @@ MODES = ("server", "client")
 SessionFactory = Callable[[], requests.Session]
 
 
-def instance_path(directory: str, pair: PreparedInstance) -> str:
-    """Where a pair's Part 10 file goes: ``<directory>/<SOP Instance UID>.dcm``."""
+def instance_path(directory: str, pair: PreparedInstance, *, by_source: bool = False) -> str:
+    """Where a pair's Part 10 file goes: ``<directory>/<SOP Instance UID>.dcm``, or a name
+    derived from the pair's source (unique even when two pairs repeat a SOP Instance UID)."""
+    if by_source:
+        name = hashlib.sha256(pair.source.encode("utf-8")).hexdigest()[:32]
+        return FileSystems.join(directory, f"{name}.dcm")
     return FileSystems.join(directory, f"{pair.uids.sop}.dcm")
 
 
@@ -102,9 +107,10 @@ def _build_failed(pair: PreparedInstance, reason: str, message: str) -> Any:
 class _BuildFn(beam.DoFn):
     """Pair -> Part 10 file written under ``directory`` -> DicomFile."""
 
-    def __init__(self, directory: str, as_created: bool = False) -> None:
+    def __init__(self, directory: str, as_created: bool = False, by_source: bool = False) -> None:
         self._directory = directory
         self._as_created = as_created
+        self._by_source = by_source
 
     def setup(self) -> None:
         if "://" not in self._directory:
@@ -119,7 +125,7 @@ class _BuildFn(beam.DoFn):
             if info.transfer_syntax_uid != pair.transfer_syntax_uid:
                 raise InvalidInputError(Reason.UNREADABLE, "the JPEG changed since validation")
             data = build_part10(pair, jpeg)
-            path = instance_path(self._directory, pair)
+            path = instance_path(self._directory, pair, by_source=self._by_source)
             _write(path, data)
         except InvalidInputError as exc:
             yield _build_failed(pair, exc.reason, exc.message)
@@ -160,15 +166,20 @@ class BuildDicomFiles(beam.PTransform):
       directory: where to write them.
       as_created: emit ``CreatedInstance`` records (status ``built``, with ``dicom_path``)
         instead of the ``DicomFile`` records ``WriteToDicomStore`` takes.
+      by_source: name the files after the pairs' sources instead of their SOP Instance UIDs
+        (for pairs whose SOP Instance UIDs may repeat).
     """
 
-    def __init__(self, directory: str, *, as_created: bool = False) -> None:
+    def __init__(
+        self, directory: str, *, as_created: bool = False, by_source: bool = False
+    ) -> None:
         super().__init__()
         self._directory = directory
         self._as_created = as_created
+        self._by_source = by_source
 
     def expand(self, pairs: beam.PCollection) -> BuildResult:
-        build = _BuildFn(self._directory, self._as_created)
+        build = _BuildFn(self._directory, self._as_created, self._by_source)
         out = pairs | "BuildPart10" >> beam.ParDo(build).with_outputs(FAILED_TAG, main="files")
         return BuildResult(files=out.files, failed=out[FAILED_TAG])
 
@@ -177,11 +188,20 @@ class BuildDicomFiles(beam.PTransform):
 
 
 def _outcome_key(outcome: StoredInstance | DeadLetter) -> tuple[str, Any]:
-    return (outcome.uids.sop if outcome.uids else ""), outcome
+    return outcome.source, outcome  # the staging file's path
+
+
+class _StagingKey:
+    def __init__(self, staging: str) -> None:
+        self._staging = staging
+
+    def __call__(self, pair: PreparedInstance) -> tuple[str, PreparedInstance]:
+        return instance_path(self._staging, pair, by_source=True), pair
 
 
 class _JoinOutcomeFn(beam.DoFn):
-    """(sop, {pair, outcome}) -> CreatedInstance or DeadLetter; the staging file is deleted."""
+    """(staging path, {pair, outcome}) -> CreatedInstance or DeadLetter; the staging file is
+    deleted."""
 
     def __init__(self, staging: str) -> None:
         self._staging = staging
@@ -190,16 +210,23 @@ class _JoinOutcomeFn(beam.DoFn):
         _, groups = element
         pairs = list(groups["pair"])
         outcomes = list(groups["outcome"])
-        if len(pairs) != 1:  # cannot happen: SOP UIDs are unique after ReadJsonJpegPairs
+        if len(pairs) != 1:  # cannot happen: sources are unique
             yield from (beam.pvalue.TaggedOutput(FAILED_TAG, o) for o in outcomes)
             return
         (pair,) = pairs
         for outcome in outcomes:
             if isinstance(outcome, StoredInstance):
                 yield created(pair, outcome)
-            else:
-                yield beam.pvalue.TaggedOutput(FAILED_TAG, for_pair(outcome, pair))
-        _delete_quietly(instance_path(self._staging, pair))
+                continue
+            letter = for_pair(outcome, pair)
+            if letter.reason == Reason.DUPLICATE_INPUT:  # its message names a staging file
+                letter = dataclasses.replace(
+                    letter,
+                    message="another input has the same SOP Instance UID and is stored "
+                    "instead (see its own outcome)",
+                )
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
+        _delete_quietly(instance_path(self._staging, pair, by_source=True))
 
 
 def _delete_quietly(path: str) -> None:
@@ -213,10 +240,6 @@ def _delete_quietly(path: str) -> None:
 
 
 # --- server mode --------------------------------------------------------------------------------
-
-
-def _sop_key(p: PreparedInstance) -> tuple[str, PreparedInstance]:
-    return p.uids.sop, p
 
 
 def _study_key(p: PreparedInstance) -> tuple[str, PreparedInstance]:
@@ -432,7 +455,9 @@ class StoreJsonJpegPairs(beam.PTransform):
         return self._server(pairs)
 
     def _client(self, pairs: beam.PCollection) -> StoreResult:
-        built = pairs | "Build" >> BuildDicomFiles(self._staging)
+        # Staging files are named after sources: pairs repeating a SOP Instance UID get
+        # their own file, and WriteToDicomStore dead-letters all but the first.
+        built = pairs | "Build" >> BuildDicomFiles(self._staging, by_source=True)
         store = built.files | "WriteToDicomStore" >> WriteToDicomStore(
             self._config,
             auth=self._auth,
@@ -444,8 +469,8 @@ class StoreJsonJpegPairs(beam.PTransform):
         outcomes = (store.stored, store.failed) | "Outcomes" >> beam.Flatten()
         joined = (
             {
-                "pair": pairs | "PairBySop" >> beam.Map(_sop_key),
-                "outcome": outcomes | "OutcomeBySop" >> beam.Map(_outcome_key),
+                "pair": pairs | "PairByStagingPath" >> beam.Map(_StagingKey(self._staging)),
+                "outcome": outcomes | "OutcomeByStagingPath" >> beam.Map(_outcome_key),
             }
             | "JoinOutcomes" >> beam.CoGroupByKey()
             | "ToPairs"

@@ -65,11 +65,22 @@ def test_client_mode_creates_instances_orthanc_serves_and_dead_letters_bad_pairs
     caplog.set_level(logging.DEBUG)
     good = _write_kinds(tmp_path / "in")
     bad = jf.write_bad_pairs(tmp_path / "in")
+    # Another pair with the UIDs of "grey" (in a folder of its own): one of the two is stored.
+    twin_jpeg = jf.jpeg_bytes(48, 32, colour=False, seed=5)
+    twin, _ = jf.write_pair(tmp_path / "in" / "twin", "grey", jf.metadata("grey"), twin_jpeg)
     out = tmp_path / "out"
     argv = ["--input", str(tmp_path / "in"), "--dicomweb_url", orthanc.dicomweb_url]
     code = job.main([*argv, "--output", str(out), "--batch_size", "2"])
     assert code == job.EXIT_DEAD_LETTERS
     letters = _lines(out, "dead_letter")
+    duplicate = [(d["source"], d["reason"]) for d in letters if d["reason"] == "duplicate_input"]
+    assert duplicate in (
+        [(str(twin), "duplicate_input")],
+        [(str(good["grey"][0]), "duplicate_input")],
+    )
+    if duplicate[0][0] != str(twin):  # the twin was kept: compare pixels with its JPEG
+        good["grey"] = (twin, twin_jpeg)
+    letters = [d for d in letters if d["reason"] != "duplicate_input"]
     assert sorted((d["source"], d["reason"]) for d in letters) == sorted(
         (str(b.source), b.reason) for b in bad
     )
