@@ -139,6 +139,12 @@ class _LocateJpegFn(beam.DoFn):
 
     def process(self, path: str) -> Iterator[Any]:
         try:
+            yield from self._locate(path)
+        except Exception as exc:  # e.g. a remote filesystem failing: this file only
+            yield _failed(path, Reason.UNREADABLE, f"unexpected {type(exc).__name__} pairing it")
+
+    def _locate(self, path: str) -> Iterator[Any]:
+        try:
             with open_source(path) as stream:
                 text = stream.read().decode("utf-8")
             uri = pixel_data_uri(load_dicom_json(text))
@@ -204,6 +210,10 @@ class _ReadCsvFn(beam.DoFn):
             rows = list(metadata_csv.read_rows(text))
         except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
             yield _failed(path, Reason.UNREADABLE, f"cannot read the metadata CSV ({exc})")
+            return
+        except Exception as exc:  # a remote filesystem failing, ...
+            why = f"cannot read the metadata CSV ({type(exc).__name__})"
+            yield _failed(path, Reason.UNREADABLE, why)
             return
         for line, name, cells in rows:
             yield name, (line, cells)

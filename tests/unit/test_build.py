@@ -193,3 +193,16 @@ def test_lossless_jpeg_builds_with_its_syntax_and_decodes_unchanged() -> None:
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
     assert "LossyImageCompression" not in ds
     assert np.array_equal(ds.pixel_array, original.pixel_array)
+
+
+def test_the_fast_layout_equals_pydicoms_own() -> None:
+    data = jf.jpeg_bytes(33, 17)  # odd length likely: padding
+    p = prepared(jf.metadata("same"), data)
+    fast = build.build_part10(p, data)
+    ds = pydicom.dcmread(io.BytesIO(fast))
+    slow = build._build_with_pydicom(pydicom.Dataset.from_json(p.metadata_json), ds.file_meta, data)
+    assert fast == slow
+    # Elements after PixelData (here a trailing padding) go through pydicom.
+    meta = jf.metadata("trailing", **{"FFFCFFFC": {"vr": "OB", "InlineBinary": "AAAA"}})
+    ds = pydicom.dcmread(io.BytesIO(build.build_part10(prepared(meta, data), data)))
+    assert "DataSetTrailingPadding" in ds and ds.pixel_array.shape == (17, 33, 3)

@@ -32,6 +32,8 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, generate_uid
 
 from transforms.dead_letter import Reason
@@ -355,7 +357,12 @@ def _reconcile(
 
 
 def build_part10(prepared: PreparedInstance, jpeg: bytes) -> bytes:
-    """The Part 10 file of a prepared pair: the JPEG bytes are encapsulated unchanged."""
+    """The Part 10 file of a prepared pair: the JPEG bytes are encapsulated unchanged.
+
+    pydicom writes the File Meta group and the dataset; the encapsulated PixelData that ends it
+    (one fragment after a basic offset table) is laid out here, which spares pydicom copying
+    and re-reading the image (most of the cost of ``dcmwrite`` for a photograph).
+    """
     ds = Dataset.from_json(prepared.metadata_json)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(prepared.sop_class_uid)
@@ -363,8 +370,33 @@ def build_part10(prepared: PreparedInstance, jpeg: bytes) -> bytes:
     meta.TransferSyntaxUID = UID(prepared.transfer_syntax_uid)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    if any(tag > _PIXEL_DATA_TAG for tag in ds.keys()):  # rare: let pydicom order them
+        return _build_with_pydicom(ds, meta, jpeg)
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)
+    write_dataset(out, ds)
+    fragment = jpeg + b"\x00" * (len(jpeg) % 2)  # items have even lengths
+    out.write(
+        _PIXEL_DATA_HEADER
+        + _ITEM_TAG + (4).to_bytes(4, "little") + (0).to_bytes(4, "little")  # offset table: 0
+        + _ITEM_TAG + len(fragment).to_bytes(4, "little")
+    )  # fmt: skip
+    out.write(fragment)
+    out.write(_SEQUENCE_DELIMITER)
+    return out.getvalue()
+
+
+_PIXEL_DATA_TAG = 0x7FE00010
+# (7FE0,0010) OB, undefined length; items (FFFE,E000); sequence delimiter (FFFE,E0DD).
+_PIXEL_DATA_HEADER = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def _build_with_pydicom(ds: Dataset, meta: FileMetaDataset, jpeg: bytes) -> bytes:
     ds.file_meta = meta
-    # One frame, one fragment, and a basic offset table (one offset: 0).
     ds.PixelData = encapsulate([jpeg], fragments_per_frame=1, has_bot=True)
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
