@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -62,7 +61,6 @@ from transforms.store_json_jpeg import BuildDicomFiles, StoreJsonJpegPairs
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_DEAD_LETTERS = 3
-STAGING = ".staging"
 
 SPEC = JobSpec(
     module="pipelines.store_json_jpeg",
@@ -201,7 +199,6 @@ def build(pipeline: beam.Pipeline, settings: JsonJpegSettings) -> StoreResult:
         store = read.pairs | "StoreJsonJpegPairs" >> StoreJsonJpegPairs(
             settings.config,
             mode=settings.mode,
-            staging=f"{settings.output}/{STAGING}",
             auth=settings.auth,
             batch_size=settings.batch_size,
             max_batch_bytes=settings.max_batch_bytes,
@@ -281,7 +278,6 @@ def run(argv: Sequence[str] | None = None) -> JsonJpegRun | None:
     result = pipeline.run()
     result.wait_until_finish()
     elapsed = time.monotonic() - start
-    _remove_empty_staging(settings)
     counters = counter_values(result)
     return JsonJpegRun(
         settings,
@@ -290,15 +286,6 @@ def run(argv: Sequence[str] | None = None) -> JsonJpegRun | None:
         pairs_valid=counters.get(metrics.PAIRS_VALID, 0),
         built=counters.get(metrics.INSTANCES_BUILT, 0),
     )
-
-
-def _remove_empty_staging(settings: JsonJpegSettings) -> None:
-    staging = os.path.join(settings.output, STAGING)
-    if "://" not in staging and os.path.isdir(staging):
-        try:
-            os.rmdir(staging)  # only when empty (an interrupted run may leave files)
-        except OSError:
-            pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,27 +1,32 @@
-"""Store validated JSON + JPEG pairs in a DICOMweb store, in one of two ways.
+"""Store validated JSON + JPEG pairs in a DICOMweb store, in one of two modes.
 
     pairs = p | ReadJsonJpegPairs(patterns, options=BuildOptions(...))
-    result = pairs.pairs | StoreJsonJpegPairs(config, mode="client", staging="/tmp/run/.staging")
+    result = pairs.pairs | StoreJsonJpegPairs(config, mode="client")
     result.stored  # CreatedInstance: stored now, or already present
     result.failed  # DeadLetter, with the pair's source (the JSON file) as its source
 
-* ``client`` (any DICOMweb server): each pair is built into a Part 10 instance
-  (``BuildDicomFiles``) written under ``staging``, stored by ``WriteToDicomStore`` (batching by
-  study, bounded concurrency, retries, already-present handling), then its staging file is
-  deleted. ``BuildDicomFiles`` alone is ``--build_only``.
-* ``server`` (Google): the store creates the instances from DICOM JSON + JPEG requests
-  (``transforms.dicomweb.stow_json``), batched by study like the store job.
+Pairs are grouped by study into batches bounded by count and bytes (a repeated SOP Instance UID
+is dead-lettered, as ``pipelines.store`` does), spread, and sent from a per-process pool of at
+most ``max_concurrency`` requests:
+
+* ``client`` (any DICOMweb server): each pair is built into a Part 10 instance in memory just
+  before its request, so building overlaps with the server's work, and sent as
+  ``multipart/related; type="application/dicom"`` (``Part10StowClient``);
+* ``server`` (Google): DICOM JSON + JPEG requests; the store creates the instances
+  (``JsonJpegStowClient``).
+
+Both are the store's ``StowClient`` underneath: existing instances skipped, retries,
+per-instance outcomes, already-present handling. ``BuildDicomFiles`` writes Part 10 files
+instead (``--build_only``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
-import io
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +39,17 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter, Reason, Stage
-from transforms.dicom.build import PreparedInstance, build_part10
-from transforms.dicom.jpeg import read_jpeg_info
+from transforms.dicom.build import PreparedInstance
 from transforms.dicomweb import concurrency
 from transforms.dicomweb.auth import AuthConfig, make_session
 from transforms.dicomweb.batching import plan_study
 from transforms.dicomweb.stow import StoreReport, StowConfig
-from transforms.dicomweb.stow_json import JsonJpegStowClient, as_dicom_file
+from transforms.dicomweb.stow_json import (
+    JsonJpegStowClient,
+    Part10StowClient,
+    as_dicom_file,
+    build_from_file,
+)
 from transforms.errors import InvalidInputError
 from transforms.files import open_source
 from transforms.records import (
@@ -55,7 +64,6 @@ from transforms.stow import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_BATCH_BYTES,
     DEFAULT_MAX_CONCURRENCY,
-    WriteToDicomStore,
 )
 
 FAILED_TAG = "failed"
@@ -63,12 +71,8 @@ MODES = ("server", "client")
 SessionFactory = Callable[[], requests.Session]
 
 
-def instance_path(directory: str, pair: PreparedInstance, *, by_source: bool = False) -> str:
-    """Where a pair's Part 10 file goes: ``<directory>/<SOP Instance UID>.dcm``, or a name
-    derived from the pair's source (unique even when two pairs repeat a SOP Instance UID)."""
-    if by_source:
-        name = hashlib.sha256(pair.source.encode("utf-8")).hexdigest()[:32]
-        return FileSystems.join(directory, f"{name}.dcm")
+def instance_path(directory: str, pair: PreparedInstance) -> str:
+    """Where a pair's Part 10 file goes: ``<directory>/<SOP Instance UID>.dcm``."""
     return FileSystems.join(directory, f"{pair.uids.sop}.dcm")
 
 
@@ -92,7 +96,7 @@ def created(
 
 
 def for_pair(letter: DeadLetter, pair: PreparedInstance) -> DeadLetter:
-    """A store dead letter named by the pair's source (what a user replays), not a staging file."""
+    """A store dead letter named by the pair's source (what a user replays)."""
     return dataclasses.replace(letter, source=pair.source, uids=pair.uids)
 
 
@@ -107,10 +111,9 @@ def _build_failed(pair: PreparedInstance, reason: str, message: str) -> Any:
 class _BuildFn(beam.DoFn):
     """Pair -> Part 10 file written under ``directory`` -> DicomFile."""
 
-    def __init__(self, directory: str, as_created: bool = False, by_source: bool = False) -> None:
+    def __init__(self, directory: str, as_created: bool = False) -> None:
         self._directory = directory
         self._as_created = as_created
-        self._by_source = by_source
 
     def setup(self) -> None:
         if "://" not in self._directory:
@@ -118,14 +121,8 @@ class _BuildFn(beam.DoFn):
 
     def process(self, pair: PreparedInstance) -> Iterator[Any]:
         try:
-            with open_source(pair.jpeg_path) as stream:
-                jpeg = stream.read()
-            # The JPEG may have changed since it was validated: check it again.
-            info = read_jpeg_info(io.BytesIO(jpeg), len(jpeg))
-            if info.transfer_syntax_uid != pair.transfer_syntax_uid:
-                raise InvalidInputError(Reason.UNREADABLE, "the JPEG changed since validation")
-            data = build_part10(pair, jpeg)
-            path = instance_path(self._directory, pair, by_source=self._by_source)
+            data = build_from_file(pair, open_source)
+            path = instance_path(self._directory, pair)
             _write(path, data)
         except InvalidInputError as exc:
             yield _build_failed(pair, exc.reason, exc.message)
@@ -166,77 +163,17 @@ class BuildDicomFiles(beam.PTransform):
       directory: where to write them.
       as_created: emit ``CreatedInstance`` records (status ``built``, with ``dicom_path``)
         instead of the ``DicomFile`` records ``WriteToDicomStore`` takes.
-      by_source: name the files after the pairs' sources instead of their SOP Instance UIDs
-        (for pairs whose SOP Instance UIDs may repeat).
     """
 
-    def __init__(
-        self, directory: str, *, as_created: bool = False, by_source: bool = False
-    ) -> None:
+    def __init__(self, directory: str, *, as_created: bool = False) -> None:
         super().__init__()
         self._directory = directory
         self._as_created = as_created
-        self._by_source = by_source
 
     def expand(self, pairs: beam.PCollection) -> BuildResult:
-        build = _BuildFn(self._directory, self._as_created, self._by_source)
+        build = _BuildFn(self._directory, self._as_created)
         out = pairs | "BuildPart10" >> beam.ParDo(build).with_outputs(FAILED_TAG, main="files")
         return BuildResult(files=out.files, failed=out[FAILED_TAG])
-
-
-# --- client mode: join the store's outcomes back to their pairs --------------------------------
-
-
-def _outcome_key(outcome: StoredInstance | DeadLetter) -> tuple[str, Any]:
-    return outcome.source, outcome  # the staging file's path
-
-
-class _StagingKey:
-    def __init__(self, staging: str) -> None:
-        self._staging = staging
-
-    def __call__(self, pair: PreparedInstance) -> tuple[str, PreparedInstance]:
-        return instance_path(self._staging, pair, by_source=True), pair
-
-
-class _JoinOutcomeFn(beam.DoFn):
-    """(staging path, {pair, outcome}) -> CreatedInstance or DeadLetter; the staging file is
-    deleted."""
-
-    def __init__(self, staging: str) -> None:
-        self._staging = staging
-
-    def process(self, element: tuple[str, Mapping[str, Iterable[Any]]]) -> Iterator[Any]:
-        _, groups = element
-        pairs = list(groups["pair"])
-        outcomes = list(groups["outcome"])
-        if len(pairs) != 1:  # cannot happen: sources are unique
-            yield from (beam.pvalue.TaggedOutput(FAILED_TAG, o) for o in outcomes)
-            return
-        (pair,) = pairs
-        for outcome in outcomes:
-            if isinstance(outcome, StoredInstance):
-                yield created(pair, outcome)
-                continue
-            letter = for_pair(outcome, pair)
-            if letter.reason == Reason.DUPLICATE_INPUT:  # its message names a staging file
-                letter = dataclasses.replace(
-                    letter,
-                    message="another input has the same SOP Instance UID and is stored "
-                    "instead (see its own outcome)",
-                )
-            yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
-        _delete_quietly(instance_path(self._staging, pair, by_source=True))
-
-
-def _delete_quietly(path: str) -> None:
-    try:
-        if "://" in path:
-            FileSystems.delete([path])
-        else:
-            os.remove(path)
-    except Exception:  # noqa: S110 - a leftover staging file is harmless; outcomes matter
-        pass
 
 
 # --- server mode --------------------------------------------------------------------------------
@@ -273,7 +210,7 @@ class _PlanPairBatchesFn(beam.DoFn):
 @dataclass
 class _Shared:
     session: requests.Session
-    client: JsonJpegStowClient
+    client: JsonJpegStowClient | Part10StowClient
     executor: concurrent.futures.ThreadPoolExecutor
 
 
@@ -285,8 +222,8 @@ def _close(shared: _Shared) -> None:
 Batch = tuple[str, tuple[PreparedInstance, ...]]
 
 
-class _JsonStowFn(beam.DoFn):
-    """Sends JSON + JPEG batches from a per-process pool; emits outcomes on the bundle's thread."""
+class _PairStowFn(beam.DoFn):
+    """Sends batches of pairs from a per-process pool; emits outcomes on the bundle's thread."""
 
     def __init__(
         self,
@@ -295,12 +232,14 @@ class _JsonStowFn(beam.DoFn):
         max_concurrency: int,
         pool_key: str,
         session_factory: SessionFactory | None,
+        mode: str,
     ) -> None:
         self._config = config
         self._auth = auth
         self._max_concurrency = max_concurrency
         self._pool_key = pool_key
         self._session_factory = session_factory
+        self._mode = mode
         self._shared: _Shared | None = None
         self._pending: list[tuple[concurrent.futures.Future[StoreReport], Batch, Any, Any]] = []
 
@@ -309,7 +248,8 @@ class _JsonStowFn(beam.DoFn):
             session = self._session_factory()
         else:
             session = make_session(self._auth, pool_size=self._max_concurrency)
-        client = JsonJpegStowClient(session, self._config, opener=open_source)
+        kind = Part10StowClient if self._mode == "client" else JsonJpegStowClient
+        client = kind(session, self._config, opener=open_source)
         executor = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="stow-json"
         )
@@ -413,7 +353,6 @@ class StoreJsonJpegPairs(beam.PTransform):
     Args:
       config: endpoint and STOW options (storage class, on-exists policy, retries).
       mode: ``client`` (build Part 10 here) or ``server`` (the store builds from JSON + JPEG).
-      staging: client mode: where built instances wait to be sent (deleted once stored).
       auth, batch_size, max_batch_bytes, max_concurrency, session_factory: as in
         ``WriteToDicomStore``.
     """
@@ -423,7 +362,6 @@ class StoreJsonJpegPairs(beam.PTransform):
         config: StowConfig,
         *,
         mode: str,
-        staging: str | None = None,
         auth: AuthConfig | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
@@ -433,15 +371,12 @@ class StoreJsonJpegPairs(beam.PTransform):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
-        if mode == "client" and not staging:
-            raise ValueError("client mode needs a staging directory")
         if config.single_part:
             raise ValueError("single_part does not apply to JSON + JPEG pairs")
         if batch_size < 1 or max_batch_bytes < 1 or max_concurrency < 1:
             raise ValueError("batch_size, max_batch_bytes and max_concurrency must be positive")
         self._config = config
         self._mode = mode
-        self._staging = staging or ""
         self._auth = auth or AuthConfig()
         self._batch_size = batch_size
         self._max_batch_bytes = max_batch_bytes
@@ -450,36 +385,6 @@ class StoreJsonJpegPairs(beam.PTransform):
         self._pool_key = f"stow-json-{uuid.uuid4().hex}"
 
     def expand(self, pairs: beam.PCollection) -> StoreResult:
-        if self._mode == "client":
-            return self._client(pairs)
-        return self._server(pairs)
-
-    def _client(self, pairs: beam.PCollection) -> StoreResult:
-        # Staging files are named after sources: pairs repeating a SOP Instance UID get
-        # their own file, and WriteToDicomStore dead-letters all but the first.
-        built = pairs | "Build" >> BuildDicomFiles(self._staging, by_source=True)
-        store = built.files | "WriteToDicomStore" >> WriteToDicomStore(
-            self._config,
-            auth=self._auth,
-            batch_size=self._batch_size,
-            max_batch_bytes=self._max_batch_bytes,
-            max_concurrency=self._max_concurrency,
-            session_factory=self._session_factory,
-        )
-        outcomes = (store.stored, store.failed) | "Outcomes" >> beam.Flatten()
-        joined = (
-            {
-                "pair": pairs | "PairByStagingPath" >> beam.Map(_StagingKey(self._staging)),
-                "outcome": outcomes | "OutcomeByStagingPath" >> beam.Map(_outcome_key),
-            }
-            | "JoinOutcomes" >> beam.CoGroupByKey()
-            | "ToPairs"
-            >> beam.ParDo(_JoinOutcomeFn(self._staging)).with_outputs(FAILED_TAG, main="stored")
-        )
-        failed = (built.failed, joined[FAILED_TAG]) | "FlattenFailed" >> beam.Flatten()
-        return StoreResult(stored=joined.stored, failed=failed)
-
-    def _server(self, pairs: beam.PCollection) -> StoreResult:
         planned = (
             pairs
             | "KeyByStudy" >> beam.Map(_study_key)
@@ -492,14 +397,15 @@ class StoreJsonJpegPairs(beam.PTransform):
         sent = (
             planned.batches
             | "SpreadBatches" >> beam.Reshuffle()
-            | "PostJsonJpeg"
+            | "PostPairs"
             >> beam.ParDo(
-                _JsonStowFn(
+                _PairStowFn(
                     self._config,
                     self._auth,
                     self._max_concurrency,
                     self._pool_key,
                     self._session_factory,
+                    self._mode,
                 )
             ).with_outputs(FAILED_TAG, main="stored")
         )

@@ -164,3 +164,30 @@ def test_the_benchmark_sink_answers_json_jpeg_requests_per_instance(tmp_path: Pa
         report = stow.store_pairs(study, pairs)
         assert sink.counters["instances"] == 3 and sink.counters["stow_requests"] == 1
     assert [o.status for o in report.outcomes if isinstance(o, StoredInstance)] == ["stored"] * 3
+
+
+def test_client_mode_builds_at_send_time_and_dead_letters_a_pair_that_changed(
+    standin: GoogleJsonStandin, tmp_path: Path
+) -> None:
+    from transforms.dicomweb.stow_json import Part10StowClient
+
+    study = jf.uid("part10-study")
+    good = pair(tmp_path, "good", jf.jpeg_bytes(seed=1), study=study)
+    changed = pair(tmp_path, "changed", jf.jpeg_bytes(seed=2), study=study)
+    Path(changed.jpeg_path).write_bytes(jf.png_bytes())  # replaced after validation
+    endpoint = DicomwebEndpoint(standin.dicomweb_url)
+    stow = Part10StowClient(requests.Session(), StowConfig(endpoint, storage_class="NEARLINE"))
+    report = stow.store_pairs(study, [good, changed])
+    outcomes = {o.uids.sop: o for o in report.outcomes if o.uids}
+    assert isinstance(outcomes[good.uids.sop], StoredInstance)
+    letter = outcomes[changed.uids.sop]
+    assert isinstance(letter, DeadLetter)
+    assert (letter.stage, letter.reason, letter.attempts) == ("build", "not_jpeg", 0)
+    post = next(r for r in standin.requests if r.method == "POST")
+    assert post.headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
+    assert post.headers["Storage-Class"] == "NEARLINE"
+    blob = standin.instances[(study, good.uids.series, good.uids.sop)]
+    frame = next(
+        generate_frames(pydicom.dcmread(io.BytesIO(blob.data)).PixelData, number_of_frames=1)
+    )
+    assert frame.rstrip(b"\x00") == Path(good.jpeg_path).read_bytes().rstrip(b"\x00")
