@@ -14,7 +14,7 @@ from factory import PATIENT_NAME
 from PIL import Image
 from pydicom.encaps import generate_fragmented_frames, get_frame_offsets
 
-from transforms.dicom import build
+from transforms.dicom import build, encode
 from transforms.dicom.jpeg import read_jpeg_info
 from transforms.errors import InvalidInputError
 
@@ -195,14 +195,36 @@ def test_lossless_jpeg_builds_with_its_syntax_and_decodes_unchanged() -> None:
     assert np.array_equal(ds.pixel_array, original.pixel_array)
 
 
-def test_the_fast_layout_equals_pydicoms_own() -> None:
-    data = jf.jpeg_bytes(33, 17)  # odd length likely: padding
-    p = prepared(jf.metadata("same"), data)
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # flat text and numbers: encoded here
+        {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Dupré^Zoë", "Ideographic": "X"}]}},
+        {"00181030": {"vr": "LO", "Value": ["a", "b"]}, "00280030": {"vr": "DS", "Value": ["0.5"]}},
+        {"00186011": {"vr": "SQ", "Value": [{"00186012": {"vr": "US", "Value": [1]}}]}},  # pydicom
+        {"00280030": {"vr": "DS", "Value": [0.25, 0.25]}},  # float DS: pydicom formats it
+        {"00080005": {"vr": "CS", "Value": ["ISO_IR 100"]}},  # another charset: pydicom
+        {"00091010": {"vr": "OB", "InlineBinary": "AAAA"}},  # binary: pydicom
+        {"00280009": {"vr": "AT", "Value": ["00181063"]}},  # AT: pydicom
+        {"00081030": {"vr": "LO"}, "00200020": {"vr": "CS", "Value": ["A", "F"]}},  # empty value
+        {"00181063": {"vr": "DS", "Value": ["33.3"]}, "00209057": {"vr": "UL", "Value": [7]}},
+    ],
+)
+def test_the_fast_layout_equals_pydicoms_own(extra: dict[str, Any]) -> None:
+    data = jf.jpeg_bytes(33, 17)
+    p = prepared(jf.metadata("same", **extra), data)
     fast = build.build_part10(p, data)
-    ds = pydicom.dcmread(io.BytesIO(fast))
-    slow = build._build_with_pydicom(pydicom.Dataset.from_json(p.metadata_json), ds.file_meta, data)
+    slow = build._build_with_pydicom(
+        pydicom.Dataset.from_json(p.metadata_json), build._file_meta(p), data
+    )
     assert fast == slow
-    # Elements after PixelData (here a trailing padding) go through pydicom.
+    assert pydicom.dcmread(io.BytesIO(fast)).pixel_array.shape == (17, 33, 3)
+    if not extra:  # plain metadata really takes the fast path
+        assert encode.encode_dataset(json.loads(p.metadata_json)) is not None
+
+
+def test_elements_after_pixel_data_go_through_pydicom() -> None:
+    data = jf.jpeg_bytes(33, 17)
     meta = jf.metadata("trailing", **{"FFFCFFFC": {"vr": "OB", "InlineBinary": "AAAA"}})
     ds = pydicom.dcmread(io.BytesIO(build.build_part10(prepared(meta, data), data)))
     assert "DataSetTrailingPadding" in ds and ds.pixel_array.shape == (17, 33, 3)

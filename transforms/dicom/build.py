@@ -33,10 +33,11 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filewriter import write_dataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, generate_uid
 
 from transforms.dead_letter import Reason
+from transforms.dicom.encode import encode_dataset, encode_file_meta
 from transforms.dicom.jpeg import JpegInfo
 from transforms.dicom.uid import check_uid
 from transforms.errors import InvalidInputError
@@ -359,33 +360,50 @@ def _reconcile(
 def build_part10(prepared: PreparedInstance, jpeg: bytes) -> bytes:
     """The Part 10 file of a prepared pair: the JPEG bytes are encapsulated unchanged.
 
-    pydicom writes the File Meta group and the dataset; the encapsulated PixelData that ends it
-    (one fragment after a basic offset table) is laid out here, which spares pydicom copying
-    and re-reading the image (most of the cost of ``dcmwrite`` for a photograph).
+    The File Meta group and flat metadata are encoded by ``encode`` (pydicom writes datasets it
+    does not handle: sequences, binary values, other character sets...); the encapsulated
+    PixelData that ends the file (one fragment after a basic offset table) is laid out here,
+    which spares copying and re-reading the image. Either way the bytes equal pydicom's
+    ``dcmwrite`` (tested).
     """
-    ds = Dataset.from_json(prepared.metadata_json)
+    head = encode_file_meta(
+        sop_class_uid=prepared.sop_class_uid,
+        sop_instance_uid=prepared.uids.sop,
+        transfer_syntax_uid=prepared.transfer_syntax_uid,
+        implementation_class_uid=PYDICOM_IMPLEMENTATION_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION,
+    )
+    dataset = encode_dataset(json.loads(prepared.metadata_json))
+    if dataset is None:
+        ds = Dataset.from_json(prepared.metadata_json)
+        if any(tag > _PIXEL_DATA_TAG for tag in ds.keys()):  # rare: let pydicom order them
+            return _build_with_pydicom(ds, _file_meta(prepared), jpeg)
+        out = DicomBytesIO()
+        out.is_little_endian, out.is_implicit_VR = True, False
+        write_dataset(out, ds)
+        dataset = out.getvalue()
+    fragment = jpeg + b"\x00" * (len(jpeg) % 2)  # items have even lengths
+    return b"".join(
+        [
+            head,
+            dataset,
+            _PIXEL_DATA_HEADER,
+            _ITEM_TAG + (4).to_bytes(4, "little") + (0).to_bytes(4, "little"),  # offsets: [0]
+            _ITEM_TAG + len(fragment).to_bytes(4, "little"),
+            fragment,
+            _SEQUENCE_DELIMITER,
+        ]
+    )
+
+
+def _file_meta(prepared: PreparedInstance) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(prepared.sop_class_uid)
     meta.MediaStorageSOPInstanceUID = UID(prepared.uids.sop)
     meta.TransferSyntaxUID = UID(prepared.transfer_syntax_uid)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    if any(tag > _PIXEL_DATA_TAG for tag in ds.keys()):  # rare: let pydicom order them
-        return _build_with_pydicom(ds, meta, jpeg)
-    out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, False
-    out.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(out, meta, enforce_standard=True)
-    write_dataset(out, ds)
-    fragment = jpeg + b"\x00" * (len(jpeg) % 2)  # items have even lengths
-    out.write(
-        _PIXEL_DATA_HEADER
-        + _ITEM_TAG + (4).to_bytes(4, "little") + (0).to_bytes(4, "little")  # offset table: 0
-        + _ITEM_TAG + len(fragment).to_bytes(4, "little")
-    )  # fmt: skip
-    out.write(fragment)
-    out.write(_SEQUENCE_DELIMITER)
-    return out.getvalue()
+    return meta
 
 
 _PIXEL_DATA_TAG = 0x7FE00010
