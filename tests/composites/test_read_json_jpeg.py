@@ -21,7 +21,7 @@ def _source_reason(d: object) -> tuple[str, str]:
 def test_good_pairs_pass_and_each_bad_pair_gets_its_reason(tmp_path: Path) -> None:
     good = jf.write_good_pairs(tmp_path / "in", 2)
     bad = jf.write_bad_pairs(tmp_path / "in")
-    with TestPipeline() as p:
+    with TestPipeline(runner="FnApiRunner") as p:
         result = p | ReadJsonJpegPairs([str(tmp_path / "in" / "*.json")])
         assert_that(
             result.pairs | beam.Map(lambda r: (r.source, r.jpeg_path)),
@@ -44,7 +44,7 @@ def test_bulk_data_uri_beats_the_stem_and_the_guide_name_gets_jpg(tmp_path: Path
     (d / "sub" / "photo.jpeg").write_bytes(jf.jpeg_bytes(seed=2))
     (d / "pointed.jpg").write_bytes(jf.jpeg_bytes(seed=3))  # same stem, but the URI wins
     jf.write_pair(d, "array", json.dumps([jf.metadata("array")]), jf.jpeg_bytes(seed=4))
-    with TestPipeline() as p:
+    with TestPipeline(runner="FnApiRunner") as p:
         result = p | ReadJsonJpegPairs([str(d / "*.json")])
         assert_that(
             result.pairs | beam.Map(lambda r: (Path(r.source).name, r.jpeg_path)),
@@ -64,7 +64,7 @@ def test_duplicate_sop_uids_keep_the_first_source(tmp_path: Path) -> None:
     sop = jf.uid("same-sop")
     jf.write_pair(d, "a", jf.metadata("a", sop=sop), jf.jpeg_bytes(seed=1))
     jf.write_pair(d, "b", jf.metadata("b", sop=sop), jf.jpeg_bytes(seed=2))
-    with TestPipeline() as p:
+    with TestPipeline(runner="FnApiRunner") as p:
         result = p | ReadJsonJpegPairs([str(d / "*.json")])
         assert_that(result.pairs | beam.Map(lambda r: r.source), equal_to([str(d / "a.json")]))
         assert_that(
@@ -90,7 +90,7 @@ def test_template_and_csv_fill_each_image_and_account_for_strays(tmp_path: Path)
         "ghost.jpg,P-9,9,Ghost\n"
     )
     options = BuildOptions(generate_uids=True, uid_root="1.2.3")
-    with TestPipeline() as p:
+    with TestPipeline(runner="FnApiRunner") as p:
         result = p | ReadJsonJpegPairs(
             [str(d / "**")], options=options, template=template, metadata_csv=str(csv_path)
         )
