@@ -146,7 +146,7 @@ class _LocateJpegFn(beam.DoFn):
     def _locate(self, path: str) -> Iterator[Any]:
         try:
             with open_source(path) as stream:
-                text = stream.read().decode("utf-8")
+                text = stream.read().decode("utf-8-sig")  # a BOM is tolerated
             uri = pixel_data_uri(load_dicom_json(text))
         except InvalidInputError as exc:
             yield _failed(path, exc.reason, exc.message, Stage.VALIDATE)

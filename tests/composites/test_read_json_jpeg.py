@@ -44,6 +44,7 @@ def test_bulk_data_uri_beats_the_stem_and_the_guide_name_gets_jpg(tmp_path: Path
     (d / "sub" / "photo.jpeg").write_bytes(jf.jpeg_bytes(seed=2))
     (d / "pointed.jpg").write_bytes(jf.jpeg_bytes(seed=3))  # same stem, but the URI wins
     jf.write_pair(d, "array", json.dumps([jf.metadata("array")]), jf.jpeg_bytes(seed=4))
+    (d / "array.json").write_bytes(b"\xef\xbb\xbf" + (d / "array.json").read_bytes())  # a BOM
     with TestPipeline(runner="FnApiRunner") as p:
         result = p | ReadJsonJpegPairs([str(d / "*.json")])
         assert_that(
