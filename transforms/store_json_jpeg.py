@@ -33,6 +33,7 @@ from typing import Any
 import apache_beam as beam
 import requests
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.transforms.window import BoundedWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
@@ -43,6 +44,7 @@ from transforms.dicom.build import PreparedInstance
 from transforms.dicomweb import concurrency
 from transforms.dicomweb.auth import AuthConfig, make_session
 from transforms.dicomweb.batching import plan_study
+from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.dicomweb.stow import StoreReport, StowConfig
 from transforms.dicomweb.stow_json import (
     JsonJpegStowClient,
@@ -411,3 +413,16 @@ class StoreJsonJpegPairs(beam.PTransform):
         )
         failed = (planned[FAILED_TAG], sent[FAILED_TAG]) | "FlattenFailed" >> beam.Flatten()
         return StoreResult(stored=sent.stored, failed=failed)
+
+    def display_data(self) -> dict[str, object]:
+        return {
+            "dicomweb_url": DisplayDataItem(
+                DicomwebEndpoint.redacted(self._config.endpoint.base_url), label="DICOMweb URL"
+            ),
+            "mode": DisplayDataItem(self._mode, label="Who builds the instances"),
+            "auth": DisplayDataItem(self._auth.kind, label="Authentication"),
+            "batch_size": self._batch_size,
+            "max_batch_bytes": self._max_batch_bytes,
+            "max_concurrency": self._max_concurrency,
+            "storage_class": self._config.storage_class or "",
+        }

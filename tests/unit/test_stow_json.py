@@ -191,3 +191,17 @@ def test_client_mode_builds_at_send_time_and_dead_letters_a_pair_that_changed(
         generate_frames(pydicom.dcmread(io.BytesIO(blob.data)).PixelData, number_of_frames=1)
     )
     assert frame.rstrip(b"\x00") == Path(good.jpeg_path).read_bytes().rstrip(b"\x00")
+
+
+def test_store_transform_shows_its_configuration_without_credentials() -> None:
+    from apache_beam.transforms.display import DisplayData
+
+    from transforms.store_json_jpeg import StoreJsonJpegPairs
+
+    endpoint = DicomwebEndpoint("https://example.org/dicom-web")
+    transform = StoreJsonJpegPairs(StowConfig(endpoint, storage_class="COLDLINE"), mode="server")
+    shown = {item.key: item.value for item in DisplayData.create_from(transform).items}
+    assert shown["mode"] == "server" and shown["storage_class"] == "COLDLINE"
+    assert shown["dicomweb_url"] == "https://example.org/dicom-web"
+    with pytest.raises(ValueError, match="mode"):
+        StoreJsonJpegPairs(StowConfig(endpoint), mode="both")
