@@ -176,7 +176,8 @@ class _ClaimFn(beam.DoFn):
         self, element: tuple[str, Iterable[PreparedInstance | DeadLetter]]
     ) -> Iterator[Any]:
         jpeg, claims = element
-        claimants = sorted(claims, key=lambda c: c.source)
+        # A JSON matched by two overlapping patterns claims its JPEG once.
+        claimants = sorted({c.source: c for c in claims}.values(), key=lambda c: c.source)
         if len(claimants) == 1:
             (only,) = claimants
             if isinstance(only, DeadLetter):
@@ -228,7 +229,7 @@ class _MatchRowsFn(beam.DoFn):
 
     def process(self, element: tuple[str, Mapping[str, Iterable[Any]]]) -> Iterator[Any]:
         name, groups = element
-        images = sorted(groups["images"])
+        images = sorted(set(groups["images"]))  # overlapping patterns match a file twice
         rows = sorted(groups["rows"], key=lambda r: r[0])
         if self._csv is None:
             for image in images:
@@ -401,7 +402,8 @@ class ReadJsonJpegPairs(beam.PTransform):
             | "MatchPatterns"
             >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
             | "Paths" >> beam.Map(_path)
-            | "SpreadFiles" >> beam.Reshuffle()
+            # Overlapping patterns may match a file twice; grouping also spreads the paths.
+            | "DistinctFiles" >> beam.Distinct()
         )
         if self._template is None:
             located = (

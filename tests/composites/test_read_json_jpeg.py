@@ -46,7 +46,8 @@ def test_bulk_data_uri_beats_the_stem_and_the_guide_name_gets_jpg(tmp_path: Path
     jf.write_pair(d, "array", json.dumps([jf.metadata("array")]), jf.jpeg_bytes(seed=4))
     (d / "array.json").write_bytes(b"\xef\xbb\xbf" + (d / "array.json").read_bytes())  # a BOM
     with TestPipeline(runner="FnApiRunner") as p:
-        result = p | ReadJsonJpegPairs([str(d / "*.json")])
+        # Overlapping patterns match files twice: each pair still counts once.
+        result = p | ReadJsonJpegPairs([str(d / "*.json"), str(d / "**")])
         assert_that(
             result.pairs | beam.Map(lambda r: (Path(r.source).name, r.jpeg_path)),
             equal_to(
