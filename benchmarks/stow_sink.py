@@ -6,7 +6,9 @@ the client can classify each instance as stored. SOP Class/Instance UIDs are tak
 Part 10 File Meta Information, parsed by hand (no pydicom); nothing is kept. Bodies are read
 as a stream: only the first ``HEAD_BYTES`` of each part are held (enough for any File Meta
 group), so a 1 GB instance costs the sink a few megabytes. QIDO-RS ``GET /dicom-web/studies``
-and ``GET /dicom-web/studies/{study}/instances`` always answer ``[]``.
+and ``GET /dicom-web/studies/{study}/instances`` always answer ``[]``. A request of
+``type="application/dicom+json"`` (JSON metadata + JPEG, ``pipelines.store_json_jpeg``) is
+answered from its metadata part.
 
 Run as a process: ``python benchmarks/stow_sink.py --port 0`` prints
 ``LISTENING http://127.0.0.1:PORT`` and serves forever. Or import ``StowSink``.
@@ -268,6 +270,8 @@ class _SinkHandler(BaseHTTPRequestHandler):
         prefix = sink.base_url + "/dicom-web/studies/x/series/x/instances/"
         stored: list[dict[str, object]] = []
         failed: list[dict[str, object]] = []
+        if _root_type(ctype) == "application/dicom+json":  # JSON metadata + bulk data
+            return self._reply_json_metadata(heads, prefix)
         for head in heads:
             cls, sop, ok = _scan_meta(head, 0, len(head))
             if ok:
@@ -284,6 +288,29 @@ class _SinkHandler(BaseHTTPRequestHandler):
         sink.count(stow_requests=1, instances=len(stored), failed=len(heads) - len(stored))
         status, reason = (200, "OK") if len(stored) == len(heads) else (409, "Conflict")
         self._reply(status, reason, json.dumps(result).encode(), "application/dicom+json")
+
+    def _reply_json_metadata(self, heads: list[bytes], prefix: str) -> None:
+        """JSON + JPEG STOW (pipelines.store_json_jpeg): instances named by the first part."""
+        try:
+            instances = json.loads(heads[0])
+            uids = [(i["00080016"]["Value"][0], i["00080018"]["Value"][0]) for i in instances]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return self._reply(400, "Bad Request", b"bad metadata part\n", "text/plain")
+        stored = [
+            {_CLS: _ui(cls), _SOP: _ui(sop), "00081190": {"vr": "UR", "Value": [prefix + sop]}}
+            for cls, sop in uids
+        ]
+        self.server.sink.count(stow_requests=1, instances=len(stored))
+        body = json.dumps({"00081199": {"vr": "SQ", "Value": stored}}).encode()
+        self._reply(200, "OK", body, "application/dicom+json")
+
+
+def _root_type(content_type: str) -> str:
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "type":
+            return value.strip().strip('"').lower()
+    return ""
 
 
 class _SinkServer(LoopbackHTTPServer):

@@ -340,3 +340,55 @@ class RetrieveOptions(PipelineOptions):
             help="tries of a resource that keeps answering 500 (a transcode the server "
             "cannot do) before it is dead-lettered",
         )
+
+
+# JSON + JPEG pairs (pipelines.store_json_jpeg). Its shared options (--input, --output,
+# --storage_class, batching, --on_exists...) are StoreOptions': an option defined by two classes
+# would break Beam's parser.
+class StoreJsonJpegOptions(PipelineOptions):
+    """Options of pipelines.store_json_jpeg that pipelines.store does not have."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("JSON + JPEG")
+        g.add_argument(
+            "--template",
+            help="a DICOM JSON dataset for every JPEG matched by --input (not one JSON each)",
+        )
+        g.add_argument(
+            "--metadata_csv",
+            help="with --template: per-image values; header row 'file,<DICOM keyword>,...', the "
+            "first column holding the JPEG's base name",
+        )
+        g.add_argument(
+            "--mode",
+            dest="json_jpeg_mode",
+            choices=("server", "client"),
+            help="server: the store creates instances from JSON + JPEG (default for Google "
+            "stores); client: build Part 10 here and store it (default for other servers)",
+        )
+        g.add_argument(
+            "--generate_uids",
+            action="store_true",
+            help="generate missing Study/Series/SOP Instance UIDs, deterministically (one study "
+            "and series per input folder)",
+        )
+        g.add_argument(
+            "--uid_root",
+            default=None,
+            help="root of generated UIDs (default: pydicom's 1.2.826.0.1.3680043.8.498; use "
+            "your organisation's)",
+        )
+        g.add_argument("--sop_class_uid", help="SOPClassUID for metadata that has none")
+        g.add_argument(
+            "--fix_metadata",
+            action="store_true",
+            help="take Rows, Columns, PhotometricInterpretation... from the JPEG where the "
+            "metadata disagrees (instead of a dead letter)",
+        )
+        g.add_argument(
+            "--build_only",
+            action="store_true",
+            help="validate and write the Part 10 files client mode would send under "
+            "OUTPUT/dicom/, without sending anything",
+        )

@@ -64,6 +64,15 @@ _EXPORTS: dict[str, str] = {
     "RetrievedFile": "transforms.records",
     "Target": "transforms.targets",
     "WadoConfig": "transforms.dicomweb.wado",
+    # JSON + JPEG pairs (pipelines.store_json_jpeg)
+    "BuildDicomFiles": "transforms.store_json_jpeg",
+    "BuildOptions": "transforms.dicom.build",
+    "BuildResult": "transforms.results",
+    "CreatedInstance": "transforms.records",
+    "PairsResult": "transforms.results",
+    "PreparedInstance": "transforms.dicom.build",
+    "ReadJsonJpegPairs": "transforms.read_json_jpeg",
+    "StoreJsonJpegPairs": "transforms.store_json_jpeg",
 }
 
 __all__ = [
@@ -107,6 +116,15 @@ __all__ = [
     "RetrievedFile",
     "Target",
     "WadoConfig",
+    # JSON + JPEG pairs (pipelines.store_json_jpeg)
+    "BuildDicomFiles",
+    "BuildOptions",
+    "BuildResult",
+    "CreatedInstance",
+    "PairsResult",
+    "PreparedInstance",
+    "ReadJsonJpegPairs",
+    "StoreJsonJpegPairs",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
@@ -137,6 +155,12 @@ if TYPE_CHECKING:  # retrieve (WADO-RS)
     from transforms.results import RetrieveResult
     from transforms.retrieve import RetrieveFromDicomStore
     from transforms.targets import Target
+if TYPE_CHECKING:  # JSON + JPEG pairs (pipelines.store_json_jpeg)
+    from transforms.dicom.build import BuildOptions, PreparedInstance
+    from transforms.read_json_jpeg import ReadJsonJpegPairs
+    from transforms.records import CreatedInstance
+    from transforms.results import BuildResult, PairsResult
+    from transforms.store_json_jpeg import BuildDicomFiles, StoreJsonJpegPairs
 
 
 def __getattr__(name: str) -> Any:

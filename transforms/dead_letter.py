@@ -52,6 +52,16 @@ class Reason:
     OPERATION_TIMEOUT = "operation_timeout"
     STILL_PRESENT = "still_present"
     AMBIGUOUS_TARGET = "ambiguous_target"
+    # JSON + JPEG pairs (pipelines.store_json_jpeg)
+    NOT_JPEG = "not_jpeg"
+    PROGRESSIVE_JPEG = "progressive_jpeg"
+    UNSUPPORTED_JPEG = "unsupported_jpeg"
+    MISSING_JPEG = "missing_jpeg"
+    MISSING_METADATA = "missing_metadata"
+    JPEG_CLAIMED_TWICE = "jpeg_claimed_twice"
+    NOT_DICOM_JSON = "not_dicom_json"
+    METADATA_MISMATCH = "metadata_mismatch"
+    BUILD_FAILED = "build_failed"
 
 
 class Stage:
@@ -66,6 +76,9 @@ class Stage:
     PLAN = "plan"
     DELETE = "delete"
     VERIFY = "verify"
+    # JSON + JPEG pairs (pipelines.store_json_jpeg)
+    PAIR = "pair"
+    BUILD = "build"
 
 
 def utc_now() -> str:

@@ -28,6 +28,9 @@ TARGETS_ALREADY_ABSENT = "targets_already_absent"
 INSTANCES_DELETED = "instances_deleted"
 OPERATIONS = "operations"
 OPERATION_POLLS = "operation_polls"
+# JSON + JPEG pairs (pipelines.store_json_jpeg)
+PAIRS_VALID = "pairs_valid"
+INSTANCES_BUILT = "instances_built"
 
 
 def inc(name: str, value: int = 1) -> None:

@@ -264,3 +264,39 @@ class RetrievedFile:
 
     def to_json(self) -> str:
         return json.dumps(_flatten(self), sort_keys=True)
+
+
+# JSON + JPEG pairs (pipelines.store_json_jpeg)
+STATUS_BUILT = "built"
+
+
+@dataclass(frozen=True)
+class CreatedInstance:
+    """An instance created from a JSON + JPEG pair: stored, already present, or built.
+
+    Attributes:
+      source: the input the user knows it by (the JSON file, or the JPEG in template mode).
+      json_path: the JSON file (None in template mode); jpeg_path: the JPEG file.
+      generated_uids: (keyword, UID) of each UID the run generated.
+      dicom_path: with ``--build_only``, the Part 10 file written.
+      The others as in ``StoredInstance``; ``status`` is ``stored``, ``already_present`` or
+      ``built``.
+    """
+
+    source: str
+    json_path: str | None
+    jpeg_path: str
+    uids: InstanceUids
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    retrieve_url: str | None
+    bytes: int
+    status: str
+    attempts: int
+    generated_uids: tuple[tuple[str, str], ...] = ()
+    dicom_path: str | None = None
+
+    def to_json(self) -> str:
+        out = _flatten(self)
+        out["generated_uids"] = dict(self.generated_uids)
+        return json.dumps(out, sort_keys=True)

@@ -45,3 +45,14 @@ class DeleteResult(NamedTuple):
 class RetrieveResult(NamedTuple):
     retrieved: beam.PCollection  # RetrievedFile (written now, or found complete by a re-run)
     failed: beam.PCollection  # DeadLetter
+
+
+# JSON + JPEG pairs (pipelines.store_json_jpeg)
+class PairsResult(NamedTuple):
+    pairs: beam.PCollection  # PreparedInstance (validated, unique SOP Instance UIDs)
+    failed: beam.PCollection  # DeadLetter
+
+
+class BuildResult(NamedTuple):
+    files: beam.PCollection  # DicomFile: a built Part 10 instance
+    failed: beam.PCollection  # DeadLetter

@@ -1,0 +1,232 @@
+"""STOW-RS of prepared JSON + JPEG pairs, in the two modes of ``pipelines.store_json_jpeg``.
+No Beam here.
+
+``Part10StowClient`` (client mode) builds each pair's Part 10 instance just before its request
+and sends a ``multipart/related; type="application/dicom"`` body, as ``pipelines.store`` does.
+``JsonJpegStowClient`` (server mode) sends the metadata and the JPEG and lets the store create
+the instance, in the layout below.
+
+Google's "create DICOM instances from JSON metadata and JPEG images" form (the guide's layout,
+kept byte for byte apart from the boundary and the number of images)::
+
+    Content-Type: multipart/related; type="application/dicom+json"; boundary=B
+
+    --B\\r\\nContent-Type: application/dicom+json\\r\\n\\r\\n
+    [{...instance 1..., "7FE00010": {"vr": "OB", "BulkDataURI": "jpeg-image-1"}}, {...}]
+    \\r\\n--B\\r\\nContent-Location: jpeg-image-1\\r\\n
+    Content-Type: image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50\\r\\n\\r\\n<JPEG 1>
+    \\r\\n--B\\r\\nContent-Location: jpeg-image-2\\r\\n...<JPEG 2>
+    \\r\\n--B--
+
+Each instance carries SpecificCharacterSet ``ISO_IR 192``, its TransferSyntaxUID and one
+BulkDataURI (PixelData), unique within the request. JPEGs are streamed from their files.
+
+Both are ``StowClient``s with their own request body (``_request``): everything else (existing
+instances skipped, retries, per-instance outcomes, a refused batch split into single requests,
+already-present handling) is the store's own logic.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO
+
+from transforms.dead_letter import DeadLetter, Reason, Stage
+from transforms.dicom.build import (
+    PIXEL_DATA,
+    SPECIFIC_CHARACTER_SET,
+    TRANSFER_SYNTAX_TAG,
+    PreparedInstance,
+    build_part10,
+)
+from transforms.dicom.jpeg import read_jpeg_info
+from transforms.dicomweb.multipart import (
+    FileSegment,
+    Part,
+    Segment,
+    StreamingBody,
+    multipart_related,
+    new_boundary,
+)
+from transforms.dicomweb.stow import StoreReport, StowClient
+from transforms.errors import InvalidInputError
+from transforms.records import DicomFile, StowBatch
+
+ACCEPT = "application/dicom+json, application/dicom+xml;q=0.9"
+METADATA_TYPE = "application/dicom+json"
+BULK_URI_PREFIX = "jpeg-image-"
+
+
+def request_content_type(boundary: str) -> str:
+    return f'multipart/related; type="{METADATA_TYPE}"; boundary={boundary}'
+
+
+def instance_metadata(pair: PreparedInstance, bulk_uri: str) -> dict[str, Any]:
+    """The DICOM JSON of one instance as the request carries it."""
+    data: dict[str, Any] = json.loads(pair.metadata_json)
+    data[SPECIFIC_CHARACTER_SET] = {"vr": "CS", "Value": ["ISO_IR 192"]}  # Google requires it
+    data[TRANSFER_SYNTAX_TAG] = {"vr": "UI", "Value": [pair.transfer_syntax_uid]}
+    data[PIXEL_DATA] = {"vr": "OB", "BulkDataURI": bulk_uri}
+    return data
+
+
+def json_jpeg_segments(pairs: Sequence[PreparedInstance], boundary: str) -> list[Segment]:
+    """The request body as segments: literal bytes and the JPEG files (streamed)."""
+    uris = [f"{BULK_URI_PREFIX}{n}" for n in range(1, len(pairs) + 1)]
+    metadata = [instance_metadata(p, uri) for p, uri in zip(pairs, uris, strict=True)]
+    delimiter = f"\r\n--{boundary}\r\n"
+    head = f"--{boundary}\r\nContent-Type: {METADATA_TYPE}\r\n\r\n".encode("ascii")
+    segments: list[Segment] = [head + json.dumps(metadata, ensure_ascii=False).encode("utf-8")]
+    for pair, uri in zip(pairs, uris, strict=True):
+        part_head = (
+            f"{delimiter}Content-Location: {uri}\r\n"
+            f"Content-Type: image/jpeg; transfer-syntax={pair.transfer_syntax_uid}\r\n\r\n"
+        )
+        segments.append(part_head.encode("ascii"))
+        segments.append(FileSegment(pair.jpeg_path, pair.jpeg_size))
+    segments.append(f"\r\n--{boundary}--".encode("ascii"))
+    return segments
+
+
+def as_dicom_file(pair: PreparedInstance, size: int | None = None) -> DicomFile:
+    """The pair as the STOW client's unit of work; its path is the JPEG (unique per pair)."""
+    return DicomFile(
+        path=pair.jpeg_path,
+        size=pair.jpeg_size if size is None else size,
+        uids=pair.uids,
+        sop_class_uid=pair.sop_class_uid,
+        transfer_syntax_uid=pair.transfer_syntax_uid,
+    )
+
+
+class _PairStowClient(StowClient):
+    """A ``StowClient`` for prepared pairs: ``store_pairs`` keeps each pair at hand (keyed by
+    its JPEG path) while the inherited logic sends, retries, splits and reads answers, and
+    ``_request`` (the seam) lays out the body. Safe to share between threads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._config.single_part:
+            raise ValueError("pairs are sent as multipart: single_part does not apply")
+        self._in_flight: dict[str, tuple[PreparedInstance, bytes | None]] = {}
+        self._lock = threading.Lock()
+
+    def store_pairs(self, study: str, pairs: Sequence[PreparedInstance]) -> StoreReport:
+        """Store the pairs of one study in as few requests as allowed; one outcome per pair."""
+        prepared, failed = self._prepare(pairs)
+        with self._lock:
+            for pair, data in prepared:
+                self._in_flight[pair.jpeg_path] = (pair, data)
+        try:
+            files = tuple(as_dicom_file(p, None if d is None else len(d)) for p, d in prepared)
+            report = self.store(StowBatch(study, files)) if files else StoreReport()
+        finally:
+            with self._lock:
+                for pair, _ in prepared:
+                    self._in_flight.pop(pair.jpeg_path, None)
+        report.outcomes[:0] = failed
+        return report
+
+    def _prepare(
+        self, pairs: Sequence[PreparedInstance]
+    ) -> tuple[list[tuple[PreparedInstance, bytes | None]], list[DeadLetter]]:
+        return [(p, None) for p in pairs], []
+
+    def _pending(self, files: list[DicomFile]) -> list[tuple[PreparedInstance, bytes | None]]:
+        with self._lock:
+            return [self._in_flight[f.path] for f in files]
+
+    def _headers(self, content_type: str) -> dict[str, str]:
+        headers = {"Accept": ACCEPT, "Content-Type": content_type}
+        if self._config.storage_class:
+            headers["Storage-Class"] = self._config.storage_class
+        return headers
+
+    def _body(self, segments: Sequence[Segment]) -> Callable[[], StreamingBody]:
+        opener = self._opener
+
+        def body() -> StreamingBody:
+            return StreamingBody(segments, **({"opener": opener} if opener else {}))
+
+        return body
+
+
+class JsonJpegStowClient(_PairStowClient):
+    """Server mode: the store creates the instances from DICOM JSON + JPEG requests."""
+
+    def _request(
+        self, study: str, files: list[DicomFile]
+    ) -> tuple[str, dict[str, str], Callable[[], StreamingBody]]:
+        pairs = [pair for pair, _ in self._pending(files)]
+        boundary = new_boundary()
+        headers = self._headers(request_content_type(boundary))
+        body = self._body(json_jpeg_segments(pairs, boundary))
+        return self._config.endpoint.study_url(study), headers, body
+
+
+class Part10StowClient(_PairStowClient):
+    """Client mode: each pair is built into a Part 10 instance in memory just before its
+    request (so building overlaps with the server's work), and stored as ``pipelines.store``
+    stores files. A pair that cannot be built is dead-lettered alone (stage ``build``)."""
+
+    def _prepare(
+        self, pairs: Sequence[PreparedInstance]
+    ) -> tuple[list[tuple[PreparedInstance, bytes | None]], list[DeadLetter]]:
+        built: list[tuple[PreparedInstance, bytes | None]] = []
+        failed: list[DeadLetter] = []
+        for pair in pairs:
+            try:
+                built.append((pair, build_from_file(pair, self._opener or _open_local)))
+            except InvalidInputError as exc:
+                failed.append(_build_failed(pair, exc.reason, exc.message))
+            except OSError as exc:
+                why = f"cannot read the JPEG ({exc.strerror})"
+                failed.append(_build_failed(pair, Reason.UNREADABLE, why))
+            except Exception as exc:  # one odd pair must not sink its batch
+                why = f"{type(exc).__name__} building it"
+                failed.append(_build_failed(pair, Reason.BUILD_FAILED, why))
+        return built, failed
+
+    def _request(
+        self, study: str, files: list[DicomFile]
+    ) -> tuple[str, dict[str, str], Callable[[], StreamingBody]]:
+        instances = [data or b"" for _, data in self._pending(files)]
+        boundary = new_boundary()
+        parts = [Part("application/dicom", (data,)) for data in instances]
+        body, content_type = multipart_related(
+            parts, root_type="application/dicom", boundary=boundary
+        )
+        segments = list(body._segments)  # noqa: SLF001 - the same layout, rebuilt per attempt
+        return (
+            self._config.endpoint.study_url(study),
+            self._headers(content_type),
+            self._body(segments),
+        )
+
+
+def _open_local(path: str) -> BinaryIO:
+    return open(path, "rb")  # noqa: SIM115 - closed by the caller
+
+
+def build_from_file(pair: PreparedInstance, opener: Callable[[str], BinaryIO]) -> bytes:
+    """Read the pair's JPEG again, check it is still the JPEG validated, and build the instance.
+
+    Raises:
+      InvalidInputError: the JPEG changed since validation (or no longer is a JPEG).
+      OSError: it cannot be read.
+    """
+    with opener(pair.jpeg_path) as stream:
+        jpeg = stream.read()
+    info = read_jpeg_info(io.BytesIO(jpeg), len(jpeg))
+    if info.transfer_syntax_uid != pair.transfer_syntax_uid:
+        raise InvalidInputError(Reason.UNREADABLE, "the JPEG changed since it was validated")
+    return build_part10(pair, jpeg)
+
+
+def _build_failed(pair: PreparedInstance, reason: str, message: str) -> DeadLetter:
+    return DeadLetter(
+        stage=Stage.BUILD, source=pair.jpeg_path, reason=reason, message=message, uids=pair.uids
+    )
