@@ -33,6 +33,12 @@ class Reason:
     RETRIES_EXHAUSTED = "retries_exhausted"
     TLS_ERROR = "tls_error"
     BAD_RESPONSE = "bad_response"
+    # --- store hardening (pipelines.store) ---
+    INTERNAL_ERROR = "internal_error"  # an unexpected exception, caught at a DoFn boundary
+    REDIRECTED = "redirected"  # a redirect that cannot be followed safely
+    CREDENTIALS_ERROR = "credentials_error"  # credentials could not be obtained or refreshed
+    CONFLICTING_DUPLICATE = "conflicting_duplicate"  # same SOP Instance UID, different bytes
+    UNCONFIRMED = "unconfirmed"  # "already exists" that a search of the store does not confirm
 
 
 class Stage:

@@ -15,6 +15,9 @@ import requests
 import requests.adapters
 import requests.auth
 
+from transforms.dead_letter import Reason
+from transforms.errors import HttpError
+
 AUTH_KINDS = ("google", "bearer", "basic", "none")
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 USER_AGENT = "dicomweb-beam/0.1"
@@ -104,14 +107,34 @@ class GoogleAdcAuth(requests.auth.AuthBase):
         self._lock = threading.Lock()
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        import google.auth.exceptions
+
         with self._lock:
             if not self._credentials.valid:
-                self._credentials.refresh(self._refresh_request)
+                try:
+                    self._credentials.refresh(self._refresh_request)
+                except google.auth.exceptions.TransportError as exc:
+                    # The token endpoint did not answer: as transient as any connection error.
+                    raise CredentialsUnreachable(
+                        f"fetching Google credentials failed ({type(exc).__name__})"
+                    ) from None
+                except google.auth.exceptions.GoogleAuthError as exc:
+                    raise HttpError(
+                        Reason.CREDENTIALS_ERROR,
+                        f"Google credentials cannot be refreshed ({type(exc).__name__}); check "
+                        "Application Default Credentials on the workers",
+                    ) from None
             self._credentials.apply(r.headers)
         return r
 
     def __repr__(self) -> str:
         return "GoogleAdcAuth()"
+
+
+class CredentialsUnreachable(requests.ConnectionError):
+    """The credentials' token endpoint did not answer; retried like a connection error."""
+
+    before_sending = True
 
 
 class _Adapter(requests.adapters.HTTPAdapter):
