@@ -31,3 +31,20 @@ def inc(name: str, value: int = 1) -> None:
 def count_dead_letter(letter: DeadLetter) -> None:
     inc(DEAD_LETTERS)
     inc(FAILED_PREFIX + letter.reason)
+
+
+# --- store hardening ---------------------------------------------------------------------
+FILES_MATCHED = "files_matched"  # distinct paths the input patterns matched
+INSTANCES_DUPLICATE = "instances_duplicate"  # byte-identical copies given their twin's outcome
+EXISTENCE_CHECKS_FAILED = "existence_checks_failed"  # study lookups that failed (sent anyway)
+# Beam's own name for time spent backing off (seconds): Dataflow's autoscaler reads it.
+BEAM_THROTTLING_SECONDS = "cumulativeThrottlingSeconds"
+
+
+def add_throttled(seconds: float) -> None:
+    """Back-off time: in ms for the summary, and in Beam's throttling counter for Dataflow."""
+    if seconds <= 0:
+        return
+    inc(THROTTLED_MS, int(seconds * 1000))
+    # Whole seconds only; rounding up keeps short waits visible to the autoscaler.
+    Metrics.counter(NAMESPACE, BEAM_THROTTLING_SECONDS).inc(max(1, round(seconds)))

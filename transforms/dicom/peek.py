@@ -113,6 +113,19 @@ def _peek_with_pydicom(stream: BinaryIO, *, path: str, size: int, is_part10: boo
         raise InvalidInputError(
             Reason.NOT_DICOM, f"the DICOM header cannot be parsed ({type(exc).__name__})"
         ) from None
+    try:
+        return _validate(ds, stream, path=path, size=size, is_part10=is_part10)
+    except InvalidInputError:
+        raise
+    except Exception as exc:
+        # pydicom converts values lazily: a corrupt VR or value raises (NotImplementedError,
+        # ValueError, ...) only when an element is read, here. The text may quote the value.
+        raise InvalidInputError(
+            Reason.NOT_DICOM, f"the DICOM header cannot be parsed ({type(exc).__name__})"
+        ) from None
+
+
+def _validate(ds: Dataset, stream: BinaryIO, *, path: str, size: int, is_part10: bool) -> DicomFile:
     if not is_part10 and "SOPInstanceUID" not in ds:
         raise InvalidInputError(Reason.NOT_DICOM, _NOT_DICOM)
 
