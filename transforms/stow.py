@@ -174,12 +174,12 @@ class _PlanBatchesFn(_SharedClientFn):
             else:
                 present, to_send = client.existing_outcomes(deduped.kept, existing)
                 report.outcomes.extend(present)
-            report.outcomes.extend(
-                twin_outcomes(
-                    report.outcomes,
-                    [(t, d) for f in deduped.kept for t, d in _twins(f, deduped.twins)],
-                )
-            )
+            # Copies of instances found present get that outcome here; the others ride along
+            # with their twin in its batch.
+            present_twins = [
+                (o.source, d) for o in report.outcomes for d in deduped.twins.get(o.source, ())
+            ]
+            report.outcomes.extend(twin_outcomes(report.outcomes, present_twins))
             for value in _emit(report, window, timestamp):
                 yield (
                     value if isinstance(value, beam.pvalue.TaggedOutput) else _as(STORED_TAG, value)
@@ -191,10 +191,6 @@ class _PlanBatchesFn(_SharedClientFn):
             max_bytes=self._max_bytes,
             twins=deduped.twins,
         )
-
-
-def _twins(f: DicomFile, twins: dict[str, list[DicomFile]]) -> list[tuple[str, DicomFile]]:
-    return [(f.path, d) for d in twins.get(f.path, ())]
 
 
 def _as(tag: str, value: object) -> beam.pvalue.TaggedOutput:

@@ -67,6 +67,8 @@ class FaultPlan:
     redirect_status: int = 0
     redirect_prefix: str = "/moved"
     redirect_to: str = ""
+    # A server that caps pages: a GET's ``limit`` is lowered to this before forwarding.
+    page_cap: int = 0
 
     def __post_init__(self) -> None:
         for key in _FAULTS:
@@ -119,9 +121,17 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if body or self.command in ("POST", "PUT", "PATCH"):
             headers["Content-Length"] = str(len(body))
+        path = self.path
+        if proxy.plan.page_cap and self.command == "GET" and "?" in path:
+            route, _, query = path.partition("?")
+            pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+            pairs = [
+                (k, str(min(int(v), proxy.plan.page_cap)) if k == "limit" else v) for k, v in pairs
+            ]
+            path = f"{route}?{urllib.parse.urlencode(pairs)}"
         conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=300)
         try:
-            conn.request(self.command, proxy.upstream_prefix + self.path, body, headers)
+            conn.request(self.command, proxy.upstream_prefix + path, body, headers)
             resp = conn.getresponse()
             return resp.status, resp.reason, resp.getheaders(), resp.read()
         finally:

@@ -220,3 +220,24 @@ def test_identical_copies_get_their_twins_outcome(orthanc: Any, tmp_path: Path) 
         0,
         f.path,
     )
+
+
+def test_the_request_deadline_includes_the_attempt_in_progress() -> None:
+    """A server that accepts and never answers: the deadline, not --timeout, ends the wait."""
+    import socket
+    import time
+
+    from transforms.dicomweb import http
+    from transforms.errors import HttpError
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # connections complete in the kernel; nothing ever reads or answers
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/dicom-web/studies"
+        policy = http.RetryPolicy(max_attempts=6, max_elapsed=1.0, timeout=(10.0, 600.0))
+        start = time.monotonic()
+        with pytest.raises(HttpError) as info:
+            http.send(requests.Session(), "POST", url, policy=policy, body=b"x")
+        elapsed = time.monotonic() - start
+    assert info.value.reason == "retries_exhausted"
+    assert elapsed < 5.0  # one attempt alone could have waited 600 s

@@ -1,6 +1,6 @@
 """QIDO-RS paging, used to learn what a store already holds. No Beam here.
 
-Pages are fetched until a short page. A page that fails raises: a search is never cut short
+Pages are fetched until an empty page. A page that fails raises: a search is never cut short
 and reported as complete (Beam's dicomio returns the rows gathered so far as a success).
 """
 
@@ -63,9 +63,11 @@ def iter_qido(
             ) from None
         if not isinstance(page, list):
             raise HttpError(Reason.BAD_RESPONSE, "search answer is not a JSON array", status=200)
-        yield from page
-        if len(page) < page_size:
+        # Only an empty page ends the search: a server may cap pages below the limit asked
+        # (a short page is not the end), and a missed instance would be sent again.
+        if not page:
             return
+        yield from page
         offset += len(page)
 
 
