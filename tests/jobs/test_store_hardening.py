@@ -182,3 +182,13 @@ def test_the_summary_counts_from_launch(
     seconds = float(out.split("store finished in ")[1].split(" s")[0])
     assert seconds >= before  # the whole process, not the pipeline alone
     assert "files matched             1" in out
+
+
+def test_every_store_option_says_what_it_does() -> None:
+    from pipelines.cli import help_parser
+
+    for action in help_parser(store.SPEC)._actions:
+        if action.option_strings == ["-h", "--help"]:
+            continue
+        text = action.help or ""
+        assert text and not text.startswith("(default"), action.option_strings
