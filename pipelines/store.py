@@ -12,7 +12,9 @@ results (unless --overwrite) or not writable, or a failed preflight; 1 if the jo
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -143,5 +145,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return store_run.exit_code
 
 
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: after a run, collecting and finalising Beam's
+    millions of objects takes 0.4 to 1.2 s the user waits for after the summary, for nothing.
+    Everything is written and flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # Objects alive after the imports live until the end: the collector need not scan them.
+    gc.freeze()
+    _exit_now(main())
