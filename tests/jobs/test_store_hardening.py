@@ -192,3 +192,39 @@ def test_every_store_option_says_what_it_does() -> None:
             continue
         text = action.help or ""
         assert text and not text.startswith("(default"), action.option_strings
+
+
+def test_as_a_process_it_flushes_everything_before_its_fast_exit(
+    orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    (path,) = factory.write_ct_instances(tmp_path / "in", count=1)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.store", *_argv(str(path), orthanc.dicomweb_url, out)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == store.EXIT_OK, done.stderr
+    assert "stored                    1" in done.stdout
+    assert done.stdout.rstrip().endswith("dead_letter-*.jsonl")  # the last line made it out
+    assert [r["source"] for r in _lines(out, "stored")] == [str(path)]
+
+
+def test_a_crash_exits_1_with_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    factory.write_ct_instances(tmp_path / "in", count=1)
+
+    def broken_build(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(store, "build", broken_build)  # stands for any bug in the job itself
+    argv = _argv(str(tmp_path / "in"), "http://127.0.0.1:9/dw", tmp_path / "o", "--no_preflight")
+    assert store.main(argv) == store.EXIT_CRASH == 1
+    err = capsys.readouterr().err
+    assert "error: the job crashed (RuntimeError: a bug)" in err
