@@ -37,8 +37,11 @@ def count_dead_letter(letter: DeadLetter) -> None:
 FILES_MATCHED = "files_matched"  # distinct paths the input patterns matched
 INSTANCES_DUPLICATE = "instances_duplicate"  # byte-identical copies given their twin's outcome
 EXISTENCE_CHECKS_FAILED = "existence_checks_failed"  # study lookups that failed (sent anyway)
-# Beam's own name for time spent backing off (seconds): Dataflow's autoscaler reads it.
+# Beam's own names for time spent backing off, which Dataflow's autoscaler reads so that it
+# does not add workers for a throttled server: seconds (the Python SDK's IOs, e.g.
+# apache_beam/io/requestresponse.py) and milliseconds (the name the Java SDK uses).
 BEAM_THROTTLING_SECONDS = "cumulativeThrottlingSeconds"
+BEAM_THROTTLING_MSECS = "throttling-msecs"
 
 
 def add_throttled(seconds: float) -> None:
@@ -46,5 +49,6 @@ def add_throttled(seconds: float) -> None:
     if seconds <= 0:
         return
     inc(THROTTLED_MS, int(seconds * 1000))
+    inc(BEAM_THROTTLING_MSECS, int(seconds * 1000))
     # Whole seconds only; rounding up keeps short waits visible to the autoscaler.
     Metrics.counter(NAMESPACE, BEAM_THROTTLING_SECONDS).inc(max(1, round(seconds)))

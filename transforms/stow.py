@@ -133,7 +133,8 @@ class _PlanBatchesFn(_SharedClientFn):
         study, files = element
         files = list(files)
         try:
-            yield from self._plan(study, files, window, timestamp)
+            # Whole, before anything is emitted: a failure half-way must not account twice.
+            outputs = list(self._plan(study, files, window, timestamp))
         except Exception as exc:  # the boundary: this study's files become dead letters
             _log.warning("planning a study failed: %s", describe_exception(exc))
             for f in files:
@@ -146,6 +147,8 @@ class _PlanBatchesFn(_SharedClientFn):
                 )
                 metrics.count_dead_letter(letter)
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
+            return
+        yield from outputs
 
     def _plan(
         self, study: str, files: list[DicomFile], window: BoundedWindow, timestamp: Timestamp
@@ -161,14 +164,18 @@ class _PlanBatchesFn(_SharedClientFn):
             report = StoreReport()
             try:
                 existing = client.lookup_existing(study, report)
-            except HttpError as exc:
+            except Exception as exc:
                 # Sending anyway is safe: the server's own answer decides. Once per study.
                 metrics.inc(metrics.EXISTENCE_CHECKS_FAILED)
+                why = (
+                    f"{exc.reason}: {exc.message}"
+                    if isinstance(exc, HttpError)
+                    else describe_exception(exc)
+                )
                 _log.warning(
-                    "could not check which instances of a study the store holds (%s: %s); "
+                    "could not check which instances of a study the store holds (%s); "
                     "sending its %d instances anyway",
-                    exc.reason,
-                    exc.message,
+                    why,
                     len(to_send),
                 )
             else:

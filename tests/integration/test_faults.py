@@ -59,6 +59,8 @@ def test_every_instance_stored_exactly_once_despite_faults(
         "counters"
     ]
     assert sum(c.committed for c in throttled) >= 1
+    msecs = run.metrics().query(MetricsFilter().with_name(metrics.BEAM_THROTTLING_MSECS))
+    assert sum(c.committed for c in msecs["counters"]) > 0
     assert orthanc.instance_count() == 60
 
 
