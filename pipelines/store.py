@@ -32,6 +32,7 @@ from transforms.errors import describe_exception
 from transforms.read_dicom import ReadDicomFiles
 from transforms.results import StoreResult
 from transforms.stow import WriteToDicomStore
+from transforms.write_lines import WriteLines
 
 EXIT_OK = 0
 EXIT_CRASH = 1
@@ -74,9 +75,7 @@ def build(pipeline: beam.Pipeline, settings: StoreSettings) -> StoreResult:
 
 
 def _write_lines(prefix: str, name: str) -> beam.PTransform:
-    return beam.io.WriteToText(
-        f"{prefix}/{name}", file_name_suffix=".jsonl", shard_name_template="-SSSSS-of-NNNNN"
-    )
+    return WriteLines(prefix, name)
 
 
 @dataclass(frozen=True)
