@@ -4,10 +4,14 @@
     result.stored  # StoredInstance: stored now, or already present
     result.failed  # DeadLetter: duplicates in the input, refused, retries exhausted, ...
 
-Files are grouped by StudyInstanceUID and cut into batches bounded by count and bytes; each batch
-is one ``multipart/related`` POST to ``/studies/{study}`` (or one single-part POST per instance).
-A worker process keeps at most ``max_concurrency`` requests in flight, over pooled connections,
-streaming file bytes from disk or Cloud Storage.
+Files are grouped by StudyInstanceUID; per study, repeated SOP Instance UIDs are resolved
+(identical copies ride with their twin, other bytes are ``conflicting_duplicate``), the store is
+asked once which instances it holds (before the batches are spread, so once per study on any
+runner), and the rest is cut into batches bounded by count and bytes; each batch is one
+``multipart/related`` POST to ``/studies/{study}`` (or one single-part POST per instance). A
+worker process keeps at most ``max_concurrency`` requests in flight, over pooled connections,
+streaming file bytes from disk or Cloud Storage. Every DoFn has an exception boundary: an
+unexpected error is an ``internal_error`` dead letter for the files concerned.
 """
 
 from __future__ import annotations

@@ -1,17 +1,23 @@
 """Store one batch of instances with STOW-RS and account for every one of them. No Beam here.
 
 ``StowClient.store(batch)`` returns one outcome per file: a ``StoredInstance`` (stored now, or
-already present) or a ``DeadLetter``. Nothing is reported stored unless the server listed it in
-its ReferencedSOPSequence. The rules, in the order they apply:
+already present) or a ``DeadLetter``; it never raises. Nothing is reported stored unless the
+server listed it in its ReferencedSOPSequence. The rules, in the order they apply:
 
-* Before sending, the study's existing SOP Instance UIDs are looked up (QIDO, cached per study),
-  so a re-run sends nothing twice and reports ``already_present`` on every server (Orthanc
-  answers a duplicate exactly like a new instance; Google answers 409 "already exists").
+* Before sending, the study's existing SOP Instance UIDs are looked up (QIDO, cached per study;
+  ``WriteToDicomStore`` does it once per study before spreading the batches and passes
+  ``check_existing=False``), so a re-run sends nothing twice and reports ``already_present`` on
+  every server (Orthanc answers a duplicate exactly like a new instance; Google answers 409).
 * Transient HTTP failures are retried by ``http.send``; when they persist the batch's instances
-  are dead-lettered with ``retries_exhausted``.
+  are dead-lettered with ``retries_exhausted``. Redirects follow ``http.redirect_decision``.
+* "Already exists" is FailureReason 0x0111, or Google's 0x0110 with its "already exists" detail,
+  never words alone; a fresh search of the study must confirm it (else ``unconfirmed``). When an
+  earlier attempt of the request lost its answer, the instance is this run's: ``stored``.
 * A 4xx that names no instance, or that leaves some instances unnamed, may be the fault of one
   bad neighbour: the unnamed instances are sent again one per request to get their own verdict.
 * A file that changed since it was validated is dead-lettered alone; the rest is sent again.
+* Any unexpected exception costs the files of the request it happened in (``internal_error``).
+* Byte-identical copies carried by the batch get their twin's outcome (``duplicate_of``).
 """
 
 from __future__ import annotations
