@@ -241,3 +241,21 @@ def test_the_request_deadline_includes_the_attempt_in_progress() -> None:
         elapsed = time.monotonic() - start
     assert info.value.reason == "retries_exhausted"
     assert elapsed < 5.0  # one attempt alone could have waited 600 s
+
+
+def test_a_failed_lookup_is_remembered_for_the_studys_other_batches(
+    orthanc: Any, tmp_path: Path
+) -> None:
+    batch = make_batch(tmp_path, 4, "lookup-fails")
+    halves = [
+        StowBatch(batch.study_uid, batch.files[:2]),
+        StowBatch(batch.study_uid, batch.files[2:]),
+    ]
+    plan = FaultPlan(p_503=1.0, methods=frozenset({"GET"}), retry_after="0")
+    policy = type(FAST)(max_attempts=1, timeout=FAST.timeout)
+    with FaultProxy(orthanc.rest_url, plan) as proxy:
+        config = StowConfig(DicomwebEndpoint(f"{proxy.base_url}/dicom-web"), retry=policy)
+        client = StowClient(requests.Session(), config)
+        reports = [client.store(half) for half in halves]
+        assert proxy.counts["503"] == 1  # not once per batch
+    assert [o.status for r in reports for o in stored(r)] == ["stored"] * 4

@@ -136,6 +136,12 @@ class _StudyCache:
                     self._data.popitem(last=False)
             return uids
 
+    def put(self, study: str, uids: set[str]) -> None:
+        with self._lock:
+            self._data[study] = uids
+            while len(self._data) > self._max:
+                self._data.popitem(last=False)
+
     def add(self, study: str, uids: Sequence[str]) -> None:
         with self._lock:
             if study in self._data:
@@ -224,7 +230,9 @@ class StowClient:
         try:
             existing = self.lookup_existing(batch.study_uid, report)
         except HttpError:
-            # Storing anyway is safe: the server deduplicates or says "already exists".
+            # Storing anyway is safe: the server deduplicates or says "already exists". The
+            # failure is remembered: the study's other batches do not wait for it again.
+            self._existing.put(batch.study_uid, set())
             return list(batch.files)
         present, to_send = self.existing_outcomes(batch.files, existing)
         report.outcomes.extend(present)
