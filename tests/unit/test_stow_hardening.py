@@ -259,3 +259,23 @@ def test_a_failed_lookup_is_remembered_for_the_studys_other_batches(
         reports = [client.store(half) for half in halves]
         assert proxy.counts["503"] == 1  # not once per batch
     assert [o.status for r in reports for o in stored(r)] == ["stored"] * 4
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (NotImplementedError("Unknown VR '0x55 0xfd' in tag (0020,000D)"),
+         "NotImplementedError: Unknown VR … in tag …"),
+        (ValueError("bad name DOE^JOHN born 19800101"), "ValueError: bad name … born …"),
+        (RuntimeError("cannot reach https://u:p@host/path?token=1 now"),
+         "RuntimeError: cannot reach … now"),
+        (KeyError(), "KeyError"),
+        (OSError("Ünïcode name"), "OSError: … name"),
+    ],
+)  # fmt: skip
+def test_describe_exception_keeps_the_type_and_drops_what_may_be_data(
+    exc: BaseException, expected: str
+) -> None:
+    from transforms.errors import describe_exception
+
+    assert describe_exception(exc) == expected
