@@ -116,17 +116,38 @@ def content_hash(f: DicomFile) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class _StudyPlan:
+    """What planning one study found, made on a pool thread; emitted on the bundle's thread."""
+
+    study: str
+    files: list[DicomFile]
+    letters: list[DeadLetter]
+    report: StoreReport | None  # outcomes of instances found present (None: no lookup)
+    batches: list[StowBatch]
+    lookup_error: str | None = None
+
+
 class _PlanBatchesFn(_SharedClientFn):
     """Per study: resolve repeated SOP UIDs, look the study up once, cut the rest in batches.
 
     The lookup sits here, after the GroupByKey and before the batches are spread, so it is one
-    per study on any runner and any number of worker processes.
+    per study on any runner and any number of worker processes. Lookups of several studies run
+    at once on the shared pool (as many as ``max_concurrency``); Beam metrics and outputs are
+    emitted on the bundle's thread.
     """
 
     def __init__(self, max_count: int, max_bytes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_count = max_count
         self._max_bytes = max_bytes
+        self._pending: list[
+            tuple[concurrent.futures.Future[_StudyPlan], str, list[DicomFile], BoundedWindow,
+                  Timestamp]
+        ] = []  # fmt: skip
+
+    def start_bundle(self) -> None:
+        self._pending = []
 
     def process(
         self,
@@ -134,53 +155,54 @@ class _PlanBatchesFn(_SharedClientFn):
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
+        assert self._shared is not None
         study, files = element
         files = list(files)
-        try:
-            # Whole, before anything is emitted: a failure half-way must not account twice.
-            outputs = list(self._plan(study, files, window, timestamp))
-        except Exception as exc:  # the boundary: this study's files become dead letters
-            _log.warning("planning a study failed: %s", describe_exception(exc))
-            for f in files:
-                letter = DeadLetter(
-                    stage=Stage.STORE,
-                    source=f.path,
-                    reason=Reason.INTERNAL_ERROR,
-                    message=describe_exception(exc),
-                    uids=f.uids,
-                )
-                metrics.count_dead_letter(letter)
-                yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
-            return
-        yield from outputs
+        future = self._shared.executor.submit(self._plan, study, files)
+        self._pending.append((future, study, files, window, timestamp))
+        yield from self._collect(keep=2 * self._max_concurrency)
 
-    def _plan(
-        self, study: str, files: list[DicomFile], window: BoundedWindow, timestamp: Timestamp
-    ) -> Iterator[object]:
+    def finish_bundle(self) -> Iterator[object]:
+        yield from self._collect(keep=0)
+
+    def _collect(self, keep: int) -> Iterator[object]:
+        while True:
+            done = [p for p in self._pending if p[0].done()]
+            if not done and len(self._pending) > keep:
+                concurrent.futures.wait(
+                    [p[0] for p in self._pending], return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                continue
+            if not done:
+                return
+            for entry in done:
+                self._pending.remove(entry)
+                future, study, files, window, timestamp = entry
+                try:
+                    plan = future.result()
+                except Exception as exc:  # the boundary: this study's files become dead letters
+                    yield from _internal_errors(files, exc, window, timestamp)
+                    continue
+                yield from self._emit_plan(plan, window, timestamp)
+
+    def _plan(self, study: str, files: list[DicomFile]) -> _StudyPlan:
+        """Runs on a pool thread: no Beam metrics here."""
         assert self._shared is not None
         client = self._shared.client
         deduped = dedupe_study(files, content_hash)
-        for letter in deduped.letters:
-            metrics.count_dead_letter(letter)
-            yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
         to_send = deduped.kept
+        report: StoreReport | None = None
+        lookup_error = None
         if self._config.check_existing:
             report = StoreReport()
             try:
                 existing = client.lookup_existing(study, report)
             except Exception as exc:
                 # Sending anyway is safe: the server's own answer decides. Once per study.
-                metrics.inc(metrics.EXISTENCE_CHECKS_FAILED)
-                why = (
+                lookup_error = (
                     f"{exc.reason}: {exc.message}"
                     if isinstance(exc, HttpError)
                     else describe_exception(exc)
-                )
-                _log.warning(
-                    "could not check which instances of a study the store holds (%s); "
-                    "sending its %d instances anyway",
-                    why,
-                    len(to_send),
                 )
             else:
                 present, to_send = client.existing_outcomes(deduped.kept, existing)
@@ -191,17 +213,55 @@ class _PlanBatchesFn(_SharedClientFn):
                 (o.source, d) for o in report.outcomes for d in deduped.twins.get(o.source, ())
             ]
             report.outcomes.extend(twin_outcomes(report.outcomes, present_twins))
-            for value in _emit(report, window, timestamp):
+        batches = list(
+            batch_files(
+                study,
+                to_send,
+                max_count=self._max_count,
+                max_bytes=self._max_bytes,
+                twins=deduped.twins,
+            )
+        )
+        return _StudyPlan(study, files, deduped.letters, report, batches, lookup_error)
+
+    def _emit_plan(
+        self, plan: _StudyPlan, window: BoundedWindow, timestamp: Timestamp
+    ) -> Iterator[object]:
+        for letter in plan.letters:
+            metrics.count_dead_letter(letter)
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, WindowedValue(letter, timestamp, (window,)))
+        if plan.lookup_error is not None:
+            metrics.inc(metrics.EXISTENCE_CHECKS_FAILED)
+            _log.warning(
+                "could not check which instances of a study the store holds (%s); "
+                "sending its %d instances anyway",
+                plan.lookup_error,
+                sum(len(b.files) for b in plan.batches),
+            )
+        if plan.report is not None:
+            for value in _emit(plan.report, window, timestamp):
                 yield (
                     value if isinstance(value, beam.pvalue.TaggedOutput) else _as(STORED_TAG, value)
                 )
-        yield from batch_files(
-            study,
-            to_send,
-            max_count=self._max_count,
-            max_bytes=self._max_bytes,
-            twins=deduped.twins,
+        for batch in plan.batches:
+            yield WindowedValue(batch, timestamp, (window,))
+
+
+def _internal_errors(
+    files: list[DicomFile], exc: BaseException, window: BoundedWindow, timestamp: Timestamp
+) -> Iterator[object]:
+    message = describe_exception(exc)
+    _log.warning("planning a study failed: %s", message)
+    for f in files:
+        letter = DeadLetter(
+            stage=Stage.STORE,
+            source=f.path,
+            reason=Reason.INTERNAL_ERROR,
+            message=message,
+            uids=f.uids,
         )
+        metrics.count_dead_letter(letter)
+        yield beam.pvalue.TaggedOutput(FAILED_TAG, WindowedValue(letter, timestamp, (window,)))
 
 
 def _as(tag: str, value: object) -> beam.pvalue.TaggedOutput:
