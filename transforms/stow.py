@@ -99,7 +99,28 @@ class _SharedClientFn(beam.DoFn):
         return _Shared(session, client, executor)
 
     def setup(self) -> None:
-        self._shared = concurrency.acquire(self._pool_key, self._create, _close)
+        self._setup_error: str | None = None
+        try:
+            self._shared = concurrency.acquire(self._pool_key, self._create, _close)
+        except Exception as exc:
+            # Credentials that cannot be built (an unset variable, no Application Default
+            # Credentials...): every file becomes a dead letter saying so, not a crashed job.
+            self._setup_error = f"cannot set up the HTTP session ({describe_exception(exc)})"
+            _log.error("%s", self._setup_error)
+
+    def _unusable(
+        self, files: Iterable[DicomFile], window: BoundedWindow, timestamp: Timestamp
+    ) -> Iterator[object]:
+        for f in files:
+            letter = DeadLetter(
+                stage=Stage.STORE,
+                source=f.path,
+                reason=Reason.CREDENTIALS_ERROR,
+                message=self._setup_error or "no HTTP session",
+                uids=f.uids,
+            )
+            metrics.count_dead_letter(letter)
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, WindowedValue(letter, timestamp, (window,)))
 
     def teardown(self) -> None:
         if self._shared is not None:
@@ -155,9 +176,11 @@ class _PlanBatchesFn(_SharedClientFn):
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
-        assert self._shared is not None
         study, files = element
         files = list(files)
+        if self._shared is None:
+            yield from self._unusable(files, window, timestamp)
+            return
         future = self._shared.executor.submit(self._plan, study, files)
         self._pending.append((future, study, files, window, timestamp))
         yield from self._collect(keep=2 * self._max_concurrency)
@@ -286,7 +309,11 @@ class _StowFn(_SharedClientFn):
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
-        assert self._shared is not None
+        if self._shared is None:
+            yield from self._unusable(
+                [*batch.files, *(d for _, d in batch.duplicates)], window, timestamp
+            )
+            return
         # The study was looked up once, before its batches were spread (see _PlanBatchesFn).
         future = self._shared.executor.submit(
             self._shared.client.store, batch, check_existing=False

@@ -228,3 +228,19 @@ def test_a_crash_exits_1_with_a_message_not_a_traceback(
     assert store.main(argv) == store.EXIT_CRASH == 1
     err = capsys.readouterr().err
     assert "error: the job crashed (RuntimeError: a bug)" in err
+
+
+def test_credentials_that_cannot_be_built_on_the_workers_are_dead_letters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DWB_UNSET_TOKEN", raising=False)
+    paths = factory.write_ct_instances(tmp_path / "in", count=2)
+    argv = _argv(
+        str(tmp_path / "in"), "http://127.0.0.1:9/dicom-web", tmp_path / "out",
+        "--no_preflight", "--auth", "bearer", "--token_env", "DWB_UNSET_TOKEN",
+    )  # fmt: skip
+    assert store.main(argv) == store.EXIT_DEAD_LETTERS  # not a crash
+    letters = _lines(tmp_path / "out", "dead_letter")
+    assert sorted(d["source"] for d in letters) == sorted(str(p) for p in paths)
+    assert {d["reason"] for d in letters} == {"credentials_error"}
+    assert all("DWB_UNSET_TOKEN is not set" in str(d["message"]) for d in letters)
