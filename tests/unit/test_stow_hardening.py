@@ -279,3 +279,27 @@ def test_describe_exception_keeps_the_type_and_drops_what_may_be_data(
     from transforms.errors import describe_exception
 
     assert describe_exception(exc) == expected
+
+
+def test_an_unexpected_error_in_a_batch_isolates_the_file_that_caused_it(
+    orthanc: Any, tmp_path: Path
+) -> None:
+    import google.api_core.exceptions
+
+    batch = make_batch(tmp_path, 3, "vanish-at-send")
+    gone = batch.files[1].path
+
+    def opener(path: str) -> Any:
+        if path == gone:  # a gs:// object deleted between reading its header and sending it
+            raise google.api_core.exceptions.NotFound("No such object: bucket/x.dcm")
+        return open(path, "rb")  # noqa: SIM115 - the body closes it
+
+    config = StowConfig(DicomwebEndpoint(orthanc.dicomweb_url), retry=FAST)
+    report = StowClient(requests.Session(), config, opener=opener).store(batch)
+    assert_accounted(batch, report)
+    (letter,) = dead(report)
+    assert (letter.source, letter.reason) == (gone, "internal_error")
+    assert letter.message.startswith("NotFound")
+    assert sorted(o.source for o in stored(report)) == sorted(
+        f.path for f in batch.files if f.path != gone
+    )

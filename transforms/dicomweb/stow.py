@@ -268,6 +268,12 @@ class StowClient:
             return
         except Exception as exc:
             if not isinstance(exc, HttpError):  # unexpected: these files only, not the batch
+                if len(files) > 1:
+                    # It may be one file's doing (e.g. a gs:// object deleted since it was
+                    # read, which is not an OSError): each is sent alone for its own verdict.
+                    for f in files:
+                        self._send(study, [f], report, prior_attempts=prior_attempts)
+                    return
                 report.outcomes.extend(
                     _dead(
                         f,
