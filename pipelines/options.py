@@ -70,7 +70,8 @@ class DicomwebOptions(PipelineOptions):
         g.add_argument(
             "--no_preflight",
             action="store_true",
-            help="do not check the store answers before starting the job",
+            help="do not check the store answers before starting the job (the input globs "
+            "and the output are checked anyway)",
         )
 
 

@@ -244,3 +244,12 @@ def test_credentials_that_cannot_be_built_on_the_workers_are_dead_letters(
     assert sorted(d["source"] for d in letters) == sorted(str(p) for p in paths)
     assert {d["reason"] for d in letters} == {"credentials_error"}
     assert all("DWB_UNSET_TOKEN is not set" in str(d["message"]) for d in letters)
+
+
+@pytest.mark.parametrize("option", ["--timeout", "--request_deadline"])
+def test_a_deadline_that_is_not_positive_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    argv = _argv(str(tmp_path / "*.dcm"), "http://127.0.0.1:9/dw", tmp_path / "o", option, "0")
+    assert store.main(argv) == store.EXIT_USAGE
+    assert "must be positive" in capsys.readouterr().err
