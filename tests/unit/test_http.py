@@ -596,3 +596,19 @@ def test_uncertain_attempts_are_counted() -> None:
     session = ScriptedSession([requests.ConnectionError(), 503, 502, 409])
     resp = _send(session, FakeClock(), http.RetryPolicy(initial_backoff=0.0))
     assert (resp.status, resp.attempts, resp.uncertain_attempts) == (409, 4, 2)
+
+
+def test_a_followed_redirect_does_not_repeat_the_query() -> None:
+    session = ScriptedSession(
+        [FakeResponse(301, {"Location": "/moved?limit=5"}), FakeResponse(200, content=b"[]")]
+    )
+    http.send(
+        session,  # type: ignore[arg-type]
+        "GET",
+        URL,
+        policy=http.RetryPolicy(),
+        clock=FakeClock(),
+        params={"limit": 5},
+    )
+    assert [c.kwargs["params"] for c in session.calls] == [{"limit": 5}, None]
+    assert session.calls[1].url == "http://127.0.0.1:1/moved?limit=5"

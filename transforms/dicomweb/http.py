@@ -255,7 +255,7 @@ def send(
     uncertain = 0
     while True:
         attempt += 1
-        target = url
+        target, query = url, params
         before_sending = False
         try:
             for _hop in range(MAX_REDIRECTS + 1):
@@ -267,7 +267,7 @@ def send(
                         target,
                         headers=headers,
                         data=data,
-                        params=params,
+                        params=query,
                         timeout=timeout,
                         allow_redirects=False,
                         # The body is read below, where a decoding error still knows the status.
@@ -305,7 +305,7 @@ def send(
                         attempts=attempt,
                     )
                 assert decision.location is not None
-                target = decision.location
+                target, query = decision.location, None  # the Location carries its own query
             else:
                 raise HttpError(
                     Reason.REDIRECTED,
