@@ -15,6 +15,10 @@ Scenarios (docs/benchmarks.md says why each is fair):
   once), so what is left is the clients' own cost. Target: the pipeline >= 1000 instances/s.
 * ``memory``: peak RSS of a child ``python -m pipelines.store`` storing one 1 GiB instance into
   the sink, minus the same job storing one small instance. Target: < 150 MiB.
+* ``startup``: what a user waits for a one-file job: ``python -m pipelines.store`` as a process
+  (start-up, the run and the exit included) into the sink, against ``python -c "import
+  apache_beam"``, alternately for ``--repeat`` rounds (at least 5); medians of wall clock and of
+  CPU time (user + system, steadier on a shared machine). Target: job/import <= 1.5.
 
 Temporary files, Orthanc and the sink are removed on exit, also on Ctrl-C.
 """
@@ -28,6 +32,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import select
 import signal
 import statistics
@@ -60,7 +65,7 @@ from pipelines.store import run as run_store  # noqa: E402
 from tests.factory import write_ct_instances  # noqa: E402
 from transforms.dicom.peek import peek_dicom  # noqa: E402
 
-SCENARIOS = ("orthanc", "sink", "memory")
+SCENARIOS = ("orthanc", "sink", "memory", "startup")
 # What the job uses when no --runner is given (see pipelines.store.run).
 RUNNER = "FnApiRunner"
 ORTHANC_RATIO_TARGET = 0.9
@@ -755,6 +760,53 @@ def scenario_memory(opts: Options, work: Path) -> tuple[list[Row], dict[str, Any
 # --- report -------------------------------------------------------------------------------
 
 
+def _timed_process(cmd: Sequence[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process and its children) of one run of ``cmd``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=CHILD_TIMEOUT)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise BenchError(f"{cmd[:3]} exited with {done.returncode}: {done.stderr[-2000:]!r}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def scenario_startup(opts: Options, work: Path) -> tuple[list[Row], dict[str, Any]]:
+    one = make_corpus(work / "one", count=1, studies=1)
+    rounds = max(opts.repeat, 5)
+    runs: dict[str, list[tuple[float, float]]] = {"job": [], "import": []}
+    with SinkProcess() as sink:
+        for r in range(rounds):
+            job = [
+                sys.executable, "-m", "pipelines.store", "--input", one.glob,
+                "--dicomweb_url", sink.dicomweb_url, "--output", str(work / f"out-one-{r}"),
+            ]  # fmt: skip
+            imports = [sys.executable, "-c", "import apache_beam"]
+            order = [("job", job), ("import", imports)]
+            for name, cmd in order if r % 2 == 0 else order[::-1]:
+                runs[name].append(_timed_process(cmd))
+                log(f"startup round {r + 1}/{rounds}: {name:<7} wall {runs[name][-1][0]:.2f} s, "
+                    f"cpu {runs[name][-1][1]:.2f} s")  # fmt: skip
+
+    def median(name: str, i: int) -> float:
+        return statistics.median(x[i] for x in runs[name])
+
+    wall_ratio = median("job", 0) / median("import", 0)
+    cpu_ratio = median("job", 1) / median("import", 1)
+    rows = [
+        Row("startup", f"`import apache_beam`, median of {rounds}",
+            f"{median('import', 0):.2f} s wall, {median('import', 1):.2f} s CPU"),
+        Row("startup", f"one-file job as a process, median of {rounds}",
+            f"{median('job', 0):.2f} s wall, {median('job', 1):.2f} s CPU"),
+        Row("startup", "**ratio job/import, wall**", f"**{wall_ratio:.2f}**", "<= 1.5",
+            wall_ratio <= 1.5),
+        Row("startup", "ratio job/import, CPU", f"{cpu_ratio:.2f}"),
+    ]  # fmt: skip
+    return rows, {"runs": runs, "wall_ratio": wall_ratio, "cpu_ratio": cpu_ratio}
+
+
 def machine_facts() -> dict[str, str]:
     orthanc = "not installed"
     if orthanc_available():
@@ -870,6 +922,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 elif scenario == "sink":
                     assert corpus is not None
                     scenario_rows, data = scenario_sink(opts, corpus, work)
+                elif scenario == "startup":
+                    scenario_rows, data = scenario_startup(opts, work)
                 else:
                     scenario_rows, data = scenario_memory(opts, work)
                 rows += scenario_rows

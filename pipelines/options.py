@@ -48,14 +48,31 @@ class DicomwebOptions(PipelineOptions):
         g.add_argument("--token_file", help="bearer: file holding the token")
         g.add_argument("--username", help="basic: user name")
         g.add_argument("--password_env", help="basic: environment variable holding the password")
-        g.add_argument("--max_attempts", type=positive_int, default=6, help="per request")
         g.add_argument(
-            "--timeout", type=float, default=600.0, help="seconds to wait for a server answer"
+            "--max_attempts",
+            type=positive_int,
+            default=6,
+            help="requests made at most for one request, the first included (408, 429, 5xx "
+            "and connection errors are retried with backoff; other 4xx never)",
+        )
+        g.add_argument(
+            "--timeout",
+            type=float,
+            default=600.0,
+            help="seconds one attempt waits for the server to answer",
+        )
+        g.add_argument(
+            "--request_deadline",
+            type=float,
+            default=900.0,
+            help="seconds one request may take in all, retries, waits and the attempt in "
+            "progress included",
         )
         g.add_argument(
             "--no_preflight",
             action="store_true",
-            help="do not check the store answers before starting the job",
+            help="do not check the store answers before starting the job (the input globs "
+            "and the output are checked anyway)",
         )
 
 
@@ -70,10 +87,33 @@ class StoreOptions(PipelineOptions):
             action="append",
             help="glob of DICOM files, local or gs:// (repeatable; a directory means all below)",
         )
-        g.add_argument("--output", help="prefix for stored-*.jsonl and dead_letter-*.jsonl")
-        g.add_argument("--storage_class", choices=STORAGE_CLASSES, help="Google Storage-Class")
-        g.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE)
-        g.add_argument("--max_batch_bytes", type=positive_int, default=DEFAULT_MAX_BATCH_BYTES)
+        g.add_argument(
+            "--output",
+            help="prefix (local or gs://) for stored-*.jsonl and dead_letter-*.jsonl; refused "
+            "if it holds results of another run, unless --overwrite",
+        )
+        g.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="delete the results of an earlier run found under --output before starting",
+        )
+        g.add_argument(
+            "--storage_class",
+            choices=STORAGE_CLASSES,
+            help="Google stores: the Storage-Class header of every STOW request",
+        )
+        g.add_argument(
+            "--batch_size",
+            type=positive_int,
+            default=DEFAULT_BATCH_SIZE,
+            help="instances of one study per STOW request at most",
+        )
+        g.add_argument(
+            "--max_batch_bytes",
+            type=positive_int,
+            default=DEFAULT_MAX_BATCH_BYTES,
+            help="bytes per STOW request at most (a larger instance is sent alone)",
+        )
         g.add_argument(
             "--max_concurrency",
             type=positive_int,
@@ -85,11 +125,18 @@ class StoreOptions(PipelineOptions):
             action="store_true",
             help="one application/dicom POST per instance (Google's form) instead of multipart",
         )
-        g.add_argument("--on_exists", choices=ON_EXISTS_CHOICES, default="skip")
+        g.add_argument(
+            "--on_exists",
+            choices=ON_EXISTS_CHOICES,
+            default="skip",
+            help="an instance the store already holds: skip (reported already_present) or "
+            "fail (a dead letter already_exists)",
+        )
         g.add_argument(
             "--no_check_existing",
             action="store_true",
-            help="do not ask the store which instances it has before sending",
+            help="do not ask the store which instances of each study it has before sending "
+            "(one search per study)",
         )
 
 
@@ -105,6 +152,7 @@ class StoreSettings:
     max_batch_bytes: int
     max_concurrency: int
     preflight: bool
+    overwrite: bool = False  # store hardening
 
 
 def endpoint_from(options: PipelineOptions) -> DicomwebEndpoint:
@@ -138,7 +186,13 @@ def auth_from(opts: DicomwebOptions, endpoint: DicomwebEndpoint) -> AuthConfig:
 
 
 def retry_from(opts: DicomwebOptions) -> http.RetryPolicy:
-    return http.RetryPolicy(max_attempts=opts.max_attempts, timeout=(10.0, opts.timeout))
+    if opts.timeout <= 0 or opts.request_deadline <= 0:
+        raise ValueError("--timeout and --request_deadline must be positive")
+    return http.RetryPolicy(
+        max_attempts=opts.max_attempts,
+        timeout=(min(10.0, opts.timeout), opts.timeout),
+        max_elapsed=opts.request_deadline,
+    )
 
 
 def store_settings(options: PipelineOptions) -> StoreSettings:
@@ -167,6 +221,7 @@ def store_settings(options: PipelineOptions) -> StoreSettings:
         max_batch_bytes=store.max_batch_bytes,
         max_concurrency=store.max_concurrency,
         preflight=not web.no_preflight,
+        overwrite=store.overwrite,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 
 from apache_beam.metrics.metric import MetricsFilter
@@ -20,16 +22,31 @@ class StoreSummary:
     retries: int = 0
     throttled_seconds: float = 0.0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
+    # store hardening
+    files_matched: int = 0
+    duplicates: int = 0
+    existence_checks_failed: int = 0
+    pipeline_seconds: float | None = None  # the pipeline alone, without start-up
 
     @property
     def failed(self) -> int:
         return sum(self.failed_by_reason.values())
 
     @classmethod
-    def from_result(cls, result: PipelineResult, elapsed_seconds: float) -> StoreSummary:
+    def from_result(
+        cls,
+        result: PipelineResult,
+        elapsed_seconds: float,
+        *,
+        pipeline_seconds: float | None = None,
+    ) -> StoreSummary:
         counters = counter_values(result)
         return cls(
             elapsed_seconds=elapsed_seconds,
+            pipeline_seconds=pipeline_seconds,
+            files_matched=counters.get(metrics.FILES_MATCHED, 0),
+            duplicates=counters.get(metrics.INSTANCES_DUPLICATE, 0),
+            existence_checks_failed=counters.get(metrics.EXISTENCE_CHECKS_FAILED, 0),
             stored=counters.get(metrics.INSTANCES_STORED, 0),
             already_present=counters.get(metrics.INSTANCES_ALREADY_PRESENT, 0),
             bytes_stored=counters.get(metrics.BYTES_STORED, 0),
@@ -47,21 +64,52 @@ class StoreSummary:
         seconds = max(self.elapsed_seconds, 1e-9)
         done = self.stored + self.already_present
         lines = [
-            f"store finished in {self.elapsed_seconds:.1f} s",
+            f"store finished in {self.elapsed_seconds:.1f} s (from launch)",
+            f"  files matched    {self.files_matched:>10,}",
             f"  stored           {self.stored:>10,}  ({self.bytes_stored / 1e6:,.1f} MB)",
             f"  already present  {self.already_present:>10,}",
-            f"  failed           {self.failed:>10,}",
         ]
+        if self.duplicates:
+            lines.append(f"  identical copies {self.duplicates:>10,}  (given their twin's outcome)")
+        lines.append(f"  failed           {self.failed:>10,}")
         lines += [f"    {reason:<22}{n:>8,}" for reason, n in self.failed_by_reason.items()]
-        lines += [
+        lines.append(
             f"  throughput       {done / seconds:>10,.1f} instances/s, "
-            f"{self.bytes_stored / 1e6 / seconds:,.1f} MB/s",
+            f"{self.bytes_stored / 1e6 / seconds:,.1f} MB/s"
+        )
+        if self.pipeline_seconds:
+            lines[-1] += (
+                f" ({done / max(self.pipeline_seconds, 1e-9):,.1f} instances/s once running)"
+            )
+        lines.append(
             f"  requests         {self.requests:>10,}  ({self.retries:,} retried, "
-            f"{self.throttled_seconds:,.1f} s backing off)",
-        ]
+            f"{self.throttled_seconds:,.1f} s backing off)"
+        )
+        if self.existence_checks_failed:
+            lines.append(
+                f"  lookups failed   {self.existence_checks_failed:>10,}  (studies sent without "
+                "checking what the store holds; see the log)"
+            )
         if outputs:
             lines.append(f"  outputs          {outputs}")
         return "\n".join(lines)
+
+
+def seconds_since_launch() -> float:
+    """Seconds since this process started (what the user waited), from /proc where it exists,
+    else since this module was imported."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return max(uptime - started, 0.0)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
+
+
+_IMPORTED = time.monotonic()
 
 
 def counter_values(result: PipelineResult) -> dict[str, int]:

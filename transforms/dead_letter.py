@@ -62,6 +62,12 @@ class Reason:
     NOT_DICOM_JSON = "not_dicom_json"
     METADATA_MISMATCH = "metadata_mismatch"
     BUILD_FAILED = "build_failed"
+    # --- store hardening (pipelines.store) ---
+    INTERNAL_ERROR = "internal_error"  # an unexpected exception, caught at a DoFn boundary
+    REDIRECTED = "redirected"  # a redirect that cannot be followed safely
+    CREDENTIALS_ERROR = "credentials_error"  # credentials could not be obtained or refreshed
+    CONFLICTING_DUPLICATE = "conflicting_duplicate"  # same SOP Instance UID, different bytes
+    UNCONFIRMED = "unconfirmed"  # "already exists" that a search of the store does not confirm
 
 
 class Stage:

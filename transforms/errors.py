@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class DicomwebError(Exception):
     """Base of every error this package raises on purpose."""
@@ -43,3 +45,27 @@ class SourceChangedError(DicomwebError):
         super().__init__(message)
         self.path = path
         self.message = message
+
+
+# --- store hardening: describing unexpected exceptions without leaking data ---------------
+
+_QUOTED = re.compile(r"""b?(['"]).*?\1""")
+_URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*)://[^\s'\"]+")
+_DATA_LIKE = re.compile(r"\S*[0-9^=@\\\x80-\U0010ffff]\S*")
+
+
+def describe_exception(exc: BaseException, limit: int = 200) -> str:
+    """``Type: message`` with anything that may be data taken out of the message.
+
+    Exception texts from parsers quote the values they choke on (patient names, dates, ids):
+    quoted strings, URLs (their host is kept), and every token holding a digit, ``^``, ``=``,
+    ``@``, a backslash or a non-ASCII character become ``…``.
+    """
+    text = " ".join(str(exc).split())
+    text = _QUOTED.sub("'…'", text)
+    text = _URL.sub(lambda m: f"{m.group(1)}://…", text)
+    text = _DATA_LIKE.sub("…", text)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

@@ -55,3 +55,22 @@ FILES_RETRIEVED = "files_retrieved"
 FILES_ALREADY_COMPLETE = "files_already_complete"
 BYTES_RETRIEVED = "bytes_retrieved"
 UNITS_RETRIEVED = "retrieve_units"
+# --- store hardening ---------------------------------------------------------------------
+FILES_MATCHED = "files_matched"  # distinct paths the input patterns matched
+INSTANCES_DUPLICATE = "instances_duplicate"  # byte-identical copies given their twin's outcome
+EXISTENCE_CHECKS_FAILED = "existence_checks_failed"  # study lookups that failed (sent anyway)
+# Beam's own names for time spent backing off, which Dataflow's autoscaler reads so that it
+# does not add workers for a throttled server: seconds (the Python SDK's IOs, e.g.
+# apache_beam/io/requestresponse.py) and milliseconds (the name the Java SDK uses).
+BEAM_THROTTLING_SECONDS = "cumulativeThrottlingSeconds"
+BEAM_THROTTLING_MSECS = "throttling-msecs"
+
+
+def add_throttled(seconds: float) -> None:
+    """Back-off time: in ms for the summary, and in Beam's throttling counter for Dataflow."""
+    if seconds <= 0:
+        return
+    inc(THROTTLED_MS, int(seconds * 1000))
+    inc(BEAM_THROTTLING_MSECS, int(seconds * 1000))
+    # Whole seconds only; rounding up keeps short waits visible to the autoscaler.
+    Metrics.counter(NAMESPACE, BEAM_THROTTLING_SECONDS).inc(max(1, round(seconds)))

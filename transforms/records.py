@@ -56,6 +56,9 @@ class StowBatch:
 
     study_uid: str
     files: tuple[DicomFile, ...]
+    # store hardening: byte-identical copies of files of this batch, as (twin path, copy);
+    # they are not sent and get their twin's outcome.
+    duplicates: tuple[tuple[str, DicomFile], ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -67,6 +70,8 @@ class StoredInstance:
     """One input that is in the store at the end of the run.
 
     ``status`` is ``stored`` when this run sent it, ``already_present`` when the store had it.
+    ``duplicate_of`` names the input with the same bytes that was sent instead of this one (its
+    status is the twin's, ``bytes`` 0).
     """
 
     source: str
@@ -76,6 +81,7 @@ class StoredInstance:
     bytes: int
     status: str
     attempts: int
+    duplicate_of: str | None = None  # store hardening
 
     def to_json(self) -> str:
         return json.dumps(_flatten(self), sort_keys=True)

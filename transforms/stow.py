@@ -4,18 +4,25 @@
     result.stored  # StoredInstance: stored now, or already present
     result.failed  # DeadLetter: duplicates in the input, refused, retries exhausted, ...
 
-Files are grouped by StudyInstanceUID and cut into batches bounded by count and bytes; each batch
-is one ``multipart/related`` POST to ``/studies/{study}`` (or one single-part POST per instance).
-A worker process keeps at most ``max_concurrency`` requests in flight, over pooled connections,
-streaming file bytes from disk or Cloud Storage.
+Files are grouped by StudyInstanceUID; per study, repeated SOP Instance UIDs are resolved
+(identical copies ride with their twin, other bytes are ``conflicting_duplicate``), the store is
+asked once which instances it holds (before the batches are spread, so once per study on any
+runner), and the rest is cut into batches bounded by count and bytes; each batch is one
+``multipart/related`` POST to ``/studies/{study}`` (or one single-part POST per instance). A
+worker process keeps at most ``max_concurrency`` requests in flight, over pooled connections,
+streaming file bytes from disk or Cloud Storage. Every DoFn has an exception boundary: an
+unexpected error is an ``internal_error`` dead letter for the files concerned.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 import requests
@@ -25,41 +32,29 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import metrics, progress
-from transforms.dead_letter import DeadLetter
+from transforms.dead_letter import DeadLetter, Reason, Stage
 from transforms.dicomweb import concurrency
 from transforms.dicomweb.auth import AuthConfig, make_session
-from transforms.dicomweb.batching import plan_study
+from transforms.dicomweb.batching import batch_files, dedupe_study
 from transforms.dicomweb.endpoint import DicomwebEndpoint
-from transforms.dicomweb.stow import StoreReport, StowClient, StowConfig
+from transforms.dicomweb.stow import StoreReport, StowClient, StowConfig, twin_outcomes
+from transforms.errors import HttpError, describe_exception
 from transforms.files import open_source
 from transforms.records import STATUS_STORED, DicomFile, StoredInstance, StowBatch
 from transforms.results import StoreResult
 
 FAILED_TAG = "failed"
+STORED_TAG = "present"  # instances the study lookup found already in the store
 DEFAULT_BATCH_SIZE = 50
 DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_CONCURRENCY = 8
 
 SessionFactory = Callable[[], requests.Session]
+_log = logging.getLogger(__name__)
 
 
 def _study_key(f: DicomFile) -> tuple[str, DicomFile]:
     return f.uids.study, f
-
-
-class _PlanBatchesFn(beam.DoFn):
-    def __init__(self, max_count: int, max_bytes: int) -> None:
-        self._max_count = max_count
-        self._max_bytes = max_bytes
-
-    def process(self, element: tuple[str, Iterable[DicomFile]]) -> Iterator[object]:
-        study, files = element
-        for item in plan_study(study, files, max_count=self._max_count, max_bytes=self._max_bytes):
-            if isinstance(item, DeadLetter):
-                metrics.count_dead_letter(item)
-                yield beam.pvalue.TaggedOutput(FAILED_TAG, item)
-            else:
-                yield item
 
 
 @dataclass
@@ -74,8 +69,8 @@ def _close(shared: _Shared) -> None:
     shared.session.close()
 
 
-class _StowFn(beam.DoFn):
-    """Sends batches from a per-process pool; emits outcomes on the bundle's thread."""
+class _SharedClientFn(beam.DoFn):
+    """A DoFn using the per-process session, client and pool of its transform."""
 
     def __init__(
         self,
@@ -91,9 +86,6 @@ class _StowFn(beam.DoFn):
         self._pool_key = pool_key
         self._session_factory = session_factory
         self._shared: _Shared | None = None
-        self._pending: list[
-            tuple[concurrent.futures.Future[StoreReport], BoundedWindow, Timestamp]
-        ] = []
 
     def _create(self) -> _Shared:
         if self._session_factory is not None:
@@ -107,30 +99,94 @@ class _StowFn(beam.DoFn):
         return _Shared(session, client, executor)
 
     def setup(self) -> None:
-        self._shared = concurrency.acquire(self._pool_key, self._create, _close)
+        self._setup_error: str | None = None
+        try:
+            self._shared = concurrency.acquire(self._pool_key, self._create, _close)
+        except Exception as exc:
+            # Credentials that cannot be built (an unset variable, no Application Default
+            # Credentials...): every file becomes a dead letter saying so, not a crashed job.
+            self._setup_error = f"cannot set up the HTTP session ({describe_exception(exc)})"
+            _log.error("%s", self._setup_error)
+
+    def _unusable(
+        self, files: Iterable[DicomFile], window: BoundedWindow, timestamp: Timestamp
+    ) -> Iterator[object]:
+        for f in files:
+            letter = DeadLetter(
+                stage=Stage.STORE,
+                source=f.path,
+                reason=Reason.CREDENTIALS_ERROR,
+                message=self._setup_error or "no HTTP session",
+                uids=f.uids,
+            )
+            metrics.count_dead_letter(letter)
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, WindowedValue(letter, timestamp, (window,)))
+
+    def teardown(self) -> None:
+        if self._shared is not None:
+            concurrency.release(self._pool_key)
+            self._shared = None
+
+
+def content_hash(f: DicomFile) -> str:
+    """SHA-256 of the bytes that would be sent for ``f`` (read only for repeated SOP UIDs)."""
+    digest = hashlib.sha256(f.file_meta_prefix)
+    with open_source(f.path) as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class _StudyPlan:
+    """What planning one study found, made on a pool thread; emitted on the bundle's thread."""
+
+    study: str
+    files: list[DicomFile]
+    letters: list[DeadLetter]
+    report: StoreReport | None  # outcomes of instances found present (None: no lookup)
+    batches: list[StowBatch]
+    lookup_error: str | None = None
+
+
+class _PlanBatchesFn(_SharedClientFn):
+    """Per study: resolve repeated SOP UIDs, look the study up once, cut the rest in batches.
+
+    The lookup sits here, after the GroupByKey and before the batches are spread, so it is one
+    per study on any runner and any number of worker processes. Lookups of several studies run
+    at once on the shared pool (as many as ``max_concurrency``); Beam metrics and outputs are
+    emitted on the bundle's thread.
+    """
+
+    def __init__(self, max_count: int, max_bytes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_count = max_count
+        self._max_bytes = max_bytes
+        self._pending: list[
+            tuple[concurrent.futures.Future[_StudyPlan], str, list[DicomFile], BoundedWindow,
+                  Timestamp]
+        ] = []  # fmt: skip
 
     def start_bundle(self) -> None:
         self._pending = []
 
     def process(
         self,
-        batch: StowBatch,
+        element: tuple[str, Iterable[DicomFile]],
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
-        assert self._shared is not None
-        future = self._shared.executor.submit(self._shared.client.store, batch)
-        self._pending.append((future, window, timestamp))
-        # Enough queued work to keep the pool busy, without holding a whole bundle in memory.
+        study, files = element
+        files = list(files)
+        if self._shared is None:
+            yield from self._unusable(files, window, timestamp)
+            return
+        future = self._shared.executor.submit(self._plan, study, files)
+        self._pending.append((future, study, files, window, timestamp))
         yield from self._collect(keep=2 * self._max_concurrency)
 
     def finish_bundle(self) -> Iterator[object]:
         yield from self._collect(keep=0)
-
-    def teardown(self) -> None:
-        if self._shared is not None:
-            concurrency.release(self._pool_key)
-            self._shared = None
 
     def _collect(self, keep: int) -> Iterator[object]:
         while True:
@@ -144,8 +200,166 @@ class _StowFn(beam.DoFn):
                 return
             for entry in done:
                 self._pending.remove(entry)
-                future, window, timestamp = entry
-                yield from _emit(future.result(), window, timestamp)
+                future, study, files, window, timestamp = entry
+                try:
+                    plan = future.result()
+                except Exception as exc:  # the boundary: this study's files become dead letters
+                    yield from _internal_errors(files, exc, window, timestamp)
+                    continue
+                yield from self._emit_plan(plan, window, timestamp)
+
+    def _plan(self, study: str, files: list[DicomFile]) -> _StudyPlan:
+        """Runs on a pool thread: no Beam metrics here."""
+        assert self._shared is not None
+        client = self._shared.client
+        deduped = dedupe_study(files, content_hash)
+        to_send = deduped.kept
+        report: StoreReport | None = None
+        lookup_error = None
+        if self._config.check_existing:
+            report = StoreReport()
+            try:
+                existing = client.lookup_existing(study, report)
+            except Exception as exc:
+                # Sending anyway is safe: the server's own answer decides. Once per study.
+                lookup_error = (
+                    f"{exc.reason}: {exc.message}"
+                    if isinstance(exc, HttpError)
+                    else describe_exception(exc)
+                )
+            else:
+                present, to_send = client.existing_outcomes(deduped.kept, existing)
+                report.outcomes.extend(present)
+            # Copies of instances found present get that outcome here; the others ride along
+            # with their twin in its batch.
+            present_twins = [
+                (o.source, d) for o in report.outcomes for d in deduped.twins.get(o.source, ())
+            ]
+            report.outcomes.extend(twin_outcomes(report.outcomes, present_twins))
+        batches = list(
+            batch_files(
+                study,
+                to_send,
+                max_count=self._max_count,
+                max_bytes=self._max_bytes,
+                twins=deduped.twins,
+            )
+        )
+        return _StudyPlan(study, files, deduped.letters, report, batches, lookup_error)
+
+    def _emit_plan(
+        self, plan: _StudyPlan, window: BoundedWindow, timestamp: Timestamp
+    ) -> Iterator[object]:
+        for letter in plan.letters:
+            metrics.count_dead_letter(letter)
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, WindowedValue(letter, timestamp, (window,)))
+        if plan.lookup_error is not None:
+            metrics.inc(metrics.EXISTENCE_CHECKS_FAILED)
+            _log.warning(
+                "could not check which instances of a study the store holds (%s); "
+                "sending its %d instances anyway",
+                plan.lookup_error,
+                sum(len(b.files) for b in plan.batches),
+            )
+        if plan.report is not None:
+            for value in _emit(plan.report, window, timestamp):
+                yield (
+                    value if isinstance(value, beam.pvalue.TaggedOutput) else _as(STORED_TAG, value)
+                )
+        for batch in plan.batches:
+            yield WindowedValue(batch, timestamp, (window,))
+
+
+def _internal_errors(
+    files: list[DicomFile], exc: BaseException, window: BoundedWindow, timestamp: Timestamp
+) -> Iterator[object]:
+    message = describe_exception(exc)
+    _log.warning("planning a study failed: %s", message)
+    for f in files:
+        letter = DeadLetter(
+            stage=Stage.STORE,
+            source=f.path,
+            reason=Reason.INTERNAL_ERROR,
+            message=message,
+            uids=f.uids,
+        )
+        metrics.count_dead_letter(letter)
+        yield beam.pvalue.TaggedOutput(FAILED_TAG, WindowedValue(letter, timestamp, (window,)))
+
+
+def _as(tag: str, value: object) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput(tag, value)
+
+
+class _StowFn(_SharedClientFn):
+    """Sends batches from a per-process pool; emits outcomes on the bundle's thread."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pending: list[
+            tuple[concurrent.futures.Future[StoreReport], StowBatch, BoundedWindow, Timestamp]
+        ] = []
+
+    def start_bundle(self) -> None:
+        self._pending = []
+
+    def process(
+        self,
+        batch: StowBatch,
+        window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
+        timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
+    ) -> Iterator[object]:
+        if self._shared is None:
+            yield from self._unusable(
+                [*batch.files, *(d for _, d in batch.duplicates)], window, timestamp
+            )
+            return
+        # The study was looked up once, before its batches were spread (see _PlanBatchesFn).
+        future = self._shared.executor.submit(
+            self._shared.client.store, batch, check_existing=False
+        )
+        self._pending.append((future, batch, window, timestamp))
+        # Enough queued work to keep the pool busy, without holding a whole bundle in memory.
+        yield from self._collect(keep=2 * self._max_concurrency)
+
+    def finish_bundle(self) -> Iterator[object]:
+        yield from self._collect(keep=0)
+
+    def _collect(self, keep: int) -> Iterator[object]:
+        while True:
+            done = [p for p in self._pending if p[0].done()]
+            if not done and len(self._pending) > keep:
+                concurrent.futures.wait(
+                    [p[0] for p in self._pending], return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                continue
+            if not done:
+                return
+            for entry in done:
+                self._pending.remove(entry)
+                future, batch, window, timestamp = entry
+                yield from _emit(_report_of(future, batch), window, timestamp)
+
+
+def _report_of(future: concurrent.futures.Future[StoreReport], batch: StowBatch) -> StoreReport:
+    """The batch's report; an exception the client let through becomes its dead letters."""
+    try:
+        return future.result()
+    except Exception as exc:  # the boundary: never a failed bundle
+        message = describe_exception(exc)
+        files = [*batch.files, *(d for _, d in batch.duplicates)]
+        return StoreReport(
+            outcomes=[
+                DeadLetter(
+                    stage=Stage.STORE,
+                    source=f.path,
+                    reason=Reason.INTERNAL_ERROR,
+                    message=message,
+                    uids=f.uids,
+                )
+                for f in files
+            ]
+        )
 
 
 def _emit(report: StoreReport, window: BoundedWindow, timestamp: Timestamp) -> Iterator[object]:
@@ -157,11 +371,13 @@ def _emit(report: StoreReport, window: BoundedWindow, timestamp: Timestamp) -> I
     )
     metrics.inc(metrics.HTTP_REQUESTS, report.requests)
     metrics.inc(metrics.HTTP_RETRIES, report.retries)
-    metrics.inc(metrics.THROTTLED_MS, int(report.throttled_seconds * 1000))
+    metrics.add_throttled(report.throttled_seconds)
     for outcome in report.outcomes:
         value = WindowedValue(outcome, timestamp, (window,))
         if isinstance(outcome, StoredInstance):
-            if outcome.status == STATUS_STORED:
+            if outcome.duplicate_of is not None:
+                metrics.inc(metrics.INSTANCES_DUPLICATE)
+            elif outcome.status == STATUS_STORED:
                 metrics.inc(metrics.INSTANCES_STORED)
                 metrics.inc(metrics.BYTES_STORED, outcome.bytes)
             else:
@@ -206,31 +422,30 @@ class WriteToDicomStore(beam.PTransform):
         self._pool_key = f"stow-{uuid.uuid4().hex}"
 
     def expand(self, files: beam.PCollection) -> StoreResult:
+        shared = {
+            "config": self._config,
+            "auth": self._auth,
+            "max_concurrency": self._max_concurrency,
+            "pool_key": self._pool_key,
+            "session_factory": self._session_factory,
+        }
         planned = (
             files
             | "KeyByStudy" >> beam.Map(_study_key)
             | "GroupByStudy" >> beam.GroupByKey()
             | "PlanBatches"
-            >> beam.ParDo(_PlanBatchesFn(self._batch_size, self._max_batch_bytes)).with_outputs(
-                FAILED_TAG, main="batches"
-            )
+            >> beam.ParDo(
+                _PlanBatchesFn(self._batch_size, self._max_batch_bytes, **shared)
+            ).with_outputs(FAILED_TAG, STORED_TAG, main="batches")
         )
         sent = (
             planned.batches
             | "SpreadBatches" >> beam.Reshuffle()
-            | "PostStow"
-            >> beam.ParDo(
-                _StowFn(
-                    self._config,
-                    self._auth,
-                    self._max_concurrency,
-                    self._pool_key,
-                    self._session_factory,
-                )
-            ).with_outputs(FAILED_TAG, main="stored")
+            | "PostStow" >> beam.ParDo(_StowFn(**shared)).with_outputs(FAILED_TAG, main="stored")
         )
+        stored = (planned[STORED_TAG], sent.stored) | "FlattenStored" >> beam.Flatten()
         failed = (planned[FAILED_TAG], sent[FAILED_TAG]) | "FlattenFailed" >> beam.Flatten()
-        return StoreResult(stored=sent.stored, failed=failed)
+        return StoreResult(stored=stored, failed=failed)
 
     def display_data(self) -> dict[str, object]:
         return {

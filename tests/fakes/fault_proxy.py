@@ -8,7 +8,11 @@ reproducible probabilities, the failures a DICOMweb client must survive:
 * ``429``: answer 429 Too Many Requests with ``Retry-After`` without forwarding;
 * ``drop``: read the request, then close the socket with no response at all;
 * ``drop_after_forward``: forward the request (so it takes effect upstream), then close the
-  client socket without answering -- the "lost response" case.
+  client socket without answering -- the "lost response" case;
+* ``bad_encoding``: forward, then answer with ``Content-Encoding: gzip`` on a plain body.
+
+``FaultPlan.script`` fixes the outcomes of the first faultable requests (then the draws apply),
+and requests under ``redirect_prefix`` are answered with a ``redirect_status`` redirect.
 
 Everything else is relayed to the upstream server. Stdlib only.
 """
@@ -31,7 +35,8 @@ _HOP_BY_HOP = frozenset(
 )
 
 
-_FAULTS = ("503", "429", "drop", "drop_after_forward")  # order of the cumulative bands
+# order of the cumulative bands
+_FAULTS = ("503", "429", "drop", "drop_after_forward", "bad_encoding")
 
 
 def _is_hop_by_hop(name: str) -> bool:
@@ -52,9 +57,18 @@ class FaultPlan:
     p_429: float = 0.0
     p_drop: float = 0.0
     p_drop_after_forward: float = 0.0
+    p_bad_encoding: float = 0.0
     retry_after: str = "1"
     seed: int = 0
     methods: frozenset[str] = frozenset({"POST"})
+    script: tuple[str, ...] = ()  # outcomes of the first faultable requests, in order
+    # Any request under redirect_prefix gets a redirect_status answer pointing to
+    # (redirect_to or the proxy's own base URL) + the rest of its path.
+    redirect_status: int = 0
+    redirect_prefix: str = "/moved"
+    redirect_to: str = ""
+    # A server that caps pages: a GET's ``limit`` is lowered to this before forwarding.
+    page_cap: int = 0
 
     def __post_init__(self) -> None:
         for key in _FAULTS:
@@ -107,9 +121,17 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if body or self.command in ("POST", "PUT", "PATCH"):
             headers["Content-Length"] = str(len(body))
+        path = self.path
+        if proxy.plan.page_cap and self.command == "GET" and "?" in path:
+            route, _, query = path.partition("?")
+            pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+            pairs = [
+                (k, str(min(int(v), proxy.plan.page_cap)) if k == "limit" else v) for k, v in pairs
+            ]
+            path = f"{route}?{urllib.parse.urlencode(pairs)}"
         conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=300)
         try:
-            conn.request(self.command, proxy.upstream_prefix + self.path, body, headers)
+            conn.request(self.command, proxy.upstream_prefix + path, body, headers)
             resp = conn.getresponse()
             return resp.status, resp.reason, resp.getheaders(), resp.read()
         finally:
@@ -122,6 +144,13 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self.close_connection = True
             self._send_simple(400, "fault proxy: malformed request body\n")
+            return
+        if proxy.plan.redirect_status and self.path.startswith(proxy.plan.redirect_prefix):
+            proxy.count("redirect")
+            target = (proxy.plan.redirect_to or proxy.base_url) + self.path[
+                len(proxy.plan.redirect_prefix) :
+            ]
+            self._send_simple(proxy.plan.redirect_status, "moved\n", {"Location": target})
             return
         outcome = proxy.decide(self.command)
         if outcome in ("503", "429", "drop"):
@@ -150,7 +179,12 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in headers:
                 if _is_hop_by_hop(name) or (name.lower() == "content-length" and not no_body):
                     continue
+                if outcome == "bad_encoding" and name.lower() == "content-encoding":
+                    continue
                 self.send_header(name, value)
+            if outcome == "bad_encoding":
+                self.send_header("Content-Encoding", "gzip")
+                resp_body = b"not gzip:" + resp_body  # even if the upstream compressed it
             if not no_body:
                 self.send_header("Content-Length", str(len(resp_body)))
             self.end_headers()
@@ -188,6 +222,7 @@ class FaultProxy:
         self.counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._rng = random.Random(plan.seed)
+        self._scripted = 0
         self._server: _ProxyServer | None = None
         self._thread: threading.Thread | None = None
         self.base_url = ""
@@ -197,6 +232,9 @@ class FaultProxy:
         if method.upper() not in self.plan.methods:
             return "forwarded"
         with self._lock:
+            if self._scripted < len(self.plan.script):
+                self._scripted += 1
+                return self.plan.script[self._scripted - 1]
             draw = self._rng.random()
         edge = 0.0
         for key in _FAULTS:

@@ -54,6 +54,13 @@ def test_every_instance_stored_exactly_once_despite_faults(
     assert faults >= 3, counts  # the proxy really interfered
     retries = run.metrics().query(MetricsFilter().with_name(metrics.HTTP_RETRIES))["counters"]
     assert sum(c.committed for c in retries) == faults
+    # Back-off time reaches Beam's own throttling counter (what Dataflow's autoscaler reads).
+    throttled = run.metrics().query(MetricsFilter().with_name(metrics.BEAM_THROTTLING_SECONDS))[
+        "counters"
+    ]
+    assert sum(c.committed for c in throttled) >= 1
+    msecs = run.metrics().query(MetricsFilter().with_name(metrics.BEAM_THROTTLING_MSECS))
+    assert sum(c.committed for c in msecs["counters"]) > 0
     assert orthanc.instance_count() == 60
 
 

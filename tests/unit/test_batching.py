@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import pytest
 
 from transforms.dead_letter import DeadLetter
-from transforms.dicomweb.batching import plan_study
+from transforms.dicomweb.batching import dedupe_study, plan_study
 from transforms.records import DicomFile, InstanceUids, StowBatch
 
 STUDY = "1.2.3"
@@ -136,3 +136,36 @@ def test_batches_are_hashable_records() -> None:
     batches, _ = plan(files_of(3), max_count=2)
     assert len(set(batches)) == 2
     assert batches[0].nbytes == 200
+
+
+# --- duplicates by content (store hardening) -------------------------------------------------
+
+
+def test_byte_identical_copies_ride_with_their_twin_and_different_bytes_conflict() -> None:
+    files = [
+        dicom_file("b/copy.dcm", sop="1.9"),
+        dicom_file("a/orig.dcm", sop="1.9"),
+        dicom_file("c/edited.dcm", sop="1.9"),
+        dicom_file("d/other.dcm", sop="1.8"),
+    ]
+    content = {"a/orig.dcm": "h1", "b/copy.dcm": "h1", "c/edited.dcm": "h2"}
+    hashed: list[str] = []
+
+    def content_hash(f: DicomFile) -> str:
+        hashed.append(f.path)
+        return content[f.path]
+
+    items = list(plan_study(STUDY, files, max_count=10, max_bytes=10**9, content_hash=content_hash))
+    (letter,) = [i for i in items if isinstance(i, DeadLetter)]
+    assert (letter.source, letter.reason) == ("c/edited.dcm", "conflicting_duplicate")
+    assert "a/orig.dcm" in letter.message
+    (batch,) = [i for i in items if isinstance(i, StowBatch)]
+    assert [f.path for f in batch.files] == ["a/orig.dcm", "d/other.dcm"]
+    assert [(twin, d.path) for twin, d in batch.duplicates] == [("a/orig.dcm", "b/copy.dcm")]
+    assert sorted(hashed) == ["a/orig.dcm", "b/copy.dcm", "c/edited.dcm"]  # only repeats
+
+
+def test_the_same_path_twice_is_one_input() -> None:
+    f = dicom_file("a.dcm", sop="1.9")
+    deduped = dedupe_study([f, f], content_hash=lambda _: 1 / 0)  # type: ignore[arg-type,return-value]
+    assert deduped.kept == [f] and not deduped.letters and not deduped.twins

@@ -162,6 +162,7 @@ def test_stored_instance_to_json_flattens_uids() -> None:
         "bytes": 39206,
         "status": "stored",
         "attempts": 1,
+        "duplicate_of": None,  # the input with the same bytes that was sent instead
     }
     assert list(json.loads(stored().to_json())) == sorted(data)
 

@@ -305,3 +305,53 @@ def test_check_uid_accepts(value: str) -> None:
 def test_check_uid_refuses_a_trailing_newline() -> None:
     with pytest.raises(InvalidInputError):
         check_uid("1.2.3\n", "SOPInstanceUID")
+
+
+# --- fuzzed headers (store hardening) --------------------------------------------------------
+
+
+def _raw_dataset() -> bytes:
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = "1.2.3.4.5.6"
+    ds.PatientName = factory.PATIENT_NAME
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = "1.2.3.4.5"
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.PixelData = 2, 2, 8, b"\0" * 4
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def test_a_corrupt_vr_read_lazily_is_not_dicom_not_an_exception() -> None:
+    data = bytearray(_raw_dataset())
+    at = data.index(b"1.2.3.4\x00") - 4  # the VR of StudyInstanceUID (0020,000D)
+    assert data[at : at + 2] == b"UI"
+    data[at : at + 2] = b"\x55\xfd"
+    with pytest.raises(InvalidInputError) as info:
+        peek_bytes(bytes(data))
+    assert info.value.reason == "not_dicom"
+    assert "NotImplementedError" in info.value.message
+
+
+@pytest.mark.parametrize("source", ["raw", "CT_small.dcm", "MR_small.dcm", "rtplan.dcm"])
+def test_mutated_headers_give_a_record_or_a_reason_never_another_exception(source: str) -> None:
+    import random
+
+    if source == "raw":
+        original = _raw_dataset()
+    else:
+        original = Path(pydicom.data.get_testdata_file(source, download=False)).read_bytes()
+    rng = random.Random(source)
+    for _ in range(300):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(min(len(data), 2000))] = rng.randrange(256)
+        try:
+            peek_bytes(bytes(data))
+        except InvalidInputError as exc:
+            assert factory.PATIENT_NAME not in exc.message

@@ -178,6 +178,8 @@ def test_success_is_returned_with_everything_the_caller_needs() -> None:
         "data": b"payload",
         "params": {"limit": 5},
         "timeout": (3.0, 7.0),
+        "allow_redirects": False,  # redirects go through http.redirect_decision
+        "stream": True,
     }
     assert session.responses[0].closed
 
@@ -346,7 +348,7 @@ def test_body_factory_gives_a_fresh_body_per_attempt_and_each_is_closed() -> Non
 def test_body_is_closed_when_a_non_retryable_exception_escapes() -> None:
     body = FakeBody(0)
     session = ScriptedSession([requests.exceptions.InvalidURL("bad")])
-    with pytest.raises(requests.exceptions.InvalidURL):
+    with pytest.raises(HttpError, match="InvalidURL"):
         _send(session, FakeClock(), body=lambda: body)
     assert body.closed
 
@@ -456,3 +458,157 @@ def test_tls_verification_failure_is_not_retried() -> None:
     assert info.value.reason == "tls_error"
     assert info.value.attempts == 1
     assert TlsFailingSession.calls == 1
+
+
+# --- redirects, undecodable answers, deadlines (store hardening) ----------------------------
+
+
+class UndecodableResponse(FakeResponse):
+    @property  # type: ignore[override]
+    def content(self) -> bytes:
+        raise requests.exceptions.ContentDecodingError("bad gzip")
+
+    @content.setter
+    def content(self, value: bytes) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "location", "follow"),
+    [
+        ("POST", 307, "/dicom-web2/studies", True),
+        ("POST", 308, "http://127.0.0.1:1/other", True),
+        ("POST", 308, "HTTP://127.0.0.1:1/other", True),
+        ("POST", 301, "/dicom-web2/studies", False),
+        ("POST", 302, "/dicom-web2/studies", False),
+        ("POST", 303, "/dicom-web2/studies", False),
+        ("GET", 301, "/dicom-web2/studies", True),
+        ("GET", 302, "http://127.0.0.1:1/x", True),
+        ("POST", 307, "http://127.0.0.1:2/dicom-web/studies", False),  # another port
+        ("POST", 307, "https://127.0.0.1:1/dicom-web/studies", False),  # another scheme
+        ("GET", 301, "http://example.org:1/dicom-web", False),  # another host
+        ("POST", 307, "", False),
+        ("POST", 307, None, False),
+    ],
+)
+def test_redirect_decision(method: str, status: int, location: str | None, follow: bool) -> None:
+    decision = http.redirect_decision(method, URL, status, location)
+    assert decision.follow is follow
+    if location:
+        assert decision.location is not None and decision.location.startswith("http")
+    if not follow:
+        assert decision.why
+
+
+def test_redirect_decision_resolves_relative_locations() -> None:
+    decision = http.redirect_decision("POST", URL, 307, "moved/here")
+    assert decision.location == "http://127.0.0.1:1/dicom-web/moved/here"
+
+
+def test_307_same_origin_resends_the_whole_body_to_the_new_location() -> None:
+    bodies: list[FakeBody] = []
+
+    def factory() -> FakeBody:
+        bodies.append(FakeBody(len(bodies)))
+        return bodies[-1]
+
+    session = ScriptedSession(
+        [FakeResponse(307, {"Location": "/moved/studies"}), FakeResponse(200, content=b"ok")]
+    )
+    resp = _send(session, FakeClock(), body=factory)
+    assert resp.status == 200 and resp.attempts == 1
+    assert [c.url for c in session.calls] == [URL, "http://127.0.0.1:1/moved/studies"]
+    assert [c.kwargs["data"] for c in session.calls] == bodies  # a fresh body per hop
+    assert all(b.closed for b in bodies)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303])
+def test_post_redirect_that_would_become_a_get_is_an_error_naming_the_location(
+    status: int,
+) -> None:
+    session = ScriptedSession(
+        [FakeResponse(status, {"Location": "http://u:pw@127.0.0.1:1/new?k=1"})]
+    )
+    with pytest.raises(HttpError) as info:
+        _send(session, FakeClock(), body=b"x")
+    assert info.value.reason == "redirected"
+    assert info.value.status == status
+    assert "http://127.0.0.1:1/new" in info.value.message
+    assert "pw" not in info.value.message and "k=1" not in info.value.message
+    assert len(session.calls) == 1
+
+
+def test_cross_origin_307_is_not_followed() -> None:
+    session = ScriptedSession([FakeResponse(307, {"Location": "http://127.0.0.1:9/dicom-web"})])
+    with pytest.raises(HttpError, match="another server") as info:
+        _send(session, FakeClock(), body=b"x")
+    assert info.value.reason == "redirected"
+
+
+def test_redirect_as_applies_the_post_rule_to_a_get() -> None:
+    session = ScriptedSession([FakeResponse(301, {"Location": "/elsewhere"})])
+    with pytest.raises(HttpError):
+        http.send(
+            session,  # type: ignore[arg-type]
+            "GET",
+            URL,
+            policy=http.RetryPolicy(),
+            clock=FakeClock(),
+            redirect_as="POST",
+        )
+
+
+def test_redirect_loops_are_bounded() -> None:
+    session = ScriptedSession([FakeResponse(307, {"Location": "/loop"})] * (http.MAX_REDIRECTS + 1))
+    with pytest.raises(HttpError, match="redirects") as info:
+        _send(session, FakeClock(), body=b"x")
+    assert info.value.reason == "redirected"
+
+
+def test_undecodable_answer_is_a_bad_response_not_an_exception() -> None:
+    session = ScriptedSession([UndecodableResponse(200, {"Content-Encoding": "gzip"})])
+    with pytest.raises(HttpError) as info:
+        _send(session, FakeClock(), body=b"x")
+    assert (info.value.reason, info.value.status) == ("bad_response", 200)
+    assert "Content-Encoding" in info.value.message
+    assert session.responses[0].closed
+
+
+def test_other_request_exceptions_become_http_errors() -> None:
+    session = ScriptedSession([requests.exceptions.UnrewindableBodyError("cannot rewind")])
+    with pytest.raises(HttpError) as info:
+        _send(session, FakeClock(), body=b"x")
+    assert info.value.reason == "http_error"
+    assert "UnrewindableBodyError" in info.value.message
+
+
+def test_deadline_cuts_the_attempt_in_progress() -> None:
+    clock = FakeClock()
+    session = ScriptedSession([requests.ConnectionError(), 200], clock=clock, seconds_per_request=4)
+    policy = http.RetryPolicy(max_elapsed=10.0, initial_backoff=1.0, timeout=(10.0, 600.0))
+    _send(session, clock, policy, rng=MaxRandom())
+    first, second = (c.kwargs["timeout"] for c in session.calls)
+    assert first == (10.0, 10.0)  # the read timeout is cut to the deadline
+    assert second == (5.0, 5.0)  # 4 s spent and 1 s of backoff: 5 s left
+
+
+def test_uncertain_attempts_are_counted() -> None:
+    session = ScriptedSession([requests.ConnectionError(), 503, 502, 409])
+    resp = _send(session, FakeClock(), http.RetryPolicy(initial_backoff=0.0))
+    assert (resp.status, resp.attempts, resp.uncertain_attempts) == (409, 4, 2)
+
+
+def test_a_followed_redirect_does_not_repeat_the_query() -> None:
+    session = ScriptedSession(
+        [FakeResponse(301, {"Location": "/moved?limit=5"}), FakeResponse(200, content=b"[]")]
+    )
+    http.send(
+        session,  # type: ignore[arg-type]
+        "GET",
+        URL,
+        policy=http.RetryPolicy(),
+        clock=FakeClock(),
+        params={"limit": 5},
+    )
+    assert [c.kwargs["params"] for c in session.calls] == [{"limit": 5}, None]
+    assert session.calls[1].url == "http://127.0.0.1:1/moved?limit=5"

@@ -167,8 +167,15 @@ def test_duplicate_sop_instance_reason_counts_as_already_exists(reason: int | st
     ("reason", "detail", "expected"),
     [
         (0xA700, None, False),
-        (0xC000, "Duplicate SOP instance", True),
-        (0xC000, "it ALREADY EXISTS", True),
+        # Words alone never make a duplicate: only with Google's processing-failure code.
+        (0xC000, "Duplicate SOP instance", False),
+        (0xC000, "it ALREADY EXISTS", False),
+        (0xA700, "duplicate key: already exists", False),
+        (None, "already exists", False),
+        (0x0110, "Instance already exists", True),
+        (0x0110, "Instance ALREADY EXISTS", True),
+        (0x0110, "processing failed", False),
+        (0x0111, None, True),
         (0xC000, "study instance UID mismatch", False),
         (None, None, False),
     ],

@@ -10,16 +10,14 @@ the file, so no patient data leaks into dead letters or logs.
 
 from __future__ import annotations
 
-from typing import BinaryIO
-
-import pydicom
-import pydicom.filewriter
-import pydicom.uid
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from transforms.dead_letter import Reason
 from transforms.dicom.header import (
+    DEFLATED,
+    EXPLICIT_BE,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
     PIXEL_TAGS,
     UNDEFINED_LENGTH,
     Unsupported,
@@ -30,6 +28,13 @@ from transforms.dicom.header import (
 from transforms.dicom.uid import check_uid
 from transforms.errors import InvalidInputError
 from transforms.records import DicomFile, InstanceUids
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom (and numpy behind it) is imported only when a file needs it (raw datasets, deflated
+# or unusual files): the fast walker reads ordinary Part 10 files, and a job's start-up is
+# shorter by the import.
 
 # Values larger than this are skipped by seeking, so a header with big non-pixel blobs costs
 # no memory; their lengths are still checked against the file size.
@@ -97,6 +102,8 @@ def _uid_text(raw: bytes | None) -> str | None:
 
 
 def _peek_with_pydicom(stream: BinaryIO, *, path: str, size: int, is_part10: bool) -> DicomFile:
+    import pydicom
+
     try:
         ds = pydicom.dcmread(
             stream, stop_before_pixels=True, defer_size=_DEFER_SIZE, force=not is_part10
@@ -113,12 +120,25 @@ def _peek_with_pydicom(stream: BinaryIO, *, path: str, size: int, is_part10: boo
         raise InvalidInputError(
             Reason.NOT_DICOM, f"the DICOM header cannot be parsed ({type(exc).__name__})"
         ) from None
+    try:
+        return _validate(ds, stream, path=path, size=size, is_part10=is_part10)
+    except InvalidInputError:
+        raise
+    except Exception as exc:
+        # pydicom converts values lazily: a corrupt VR or value raises (NotImplementedError,
+        # ValueError, ...) only when an element is read, here. The text may quote the value.
+        raise InvalidInputError(
+            Reason.NOT_DICOM, f"the DICOM header cannot be parsed ({type(exc).__name__})"
+        ) from None
+
+
+def _validate(ds: Dataset, stream: BinaryIO, *, path: str, size: int, is_part10: bool) -> DicomFile:
     if not is_part10 and "SOPInstanceUID" not in ds:
         raise InvalidInputError(Reason.NOT_DICOM, _NOT_DICOM)
 
     _check_file_meta(ds, size)
     transfer_syntax = _transfer_syntax(ds, is_part10)
-    if transfer_syntax != pydicom.uid.DeflatedExplicitVRLittleEndian:
+    if transfer_syntax != DEFLATED:
         # Offsets of a deflated dataset refer to the inflated stream, not the file.
         _check_complete(ds, stream, size)
     study, series, sop, sop_class = (check_uid(ds.get(k), f"{k} {t}") for k, t in _REQUIRED_UIDS)
@@ -166,8 +186,8 @@ def _transfer_syntax(ds: Dataset, is_part10: bool) -> str:
         )
     implicit, little = ds.original_encoding
     if implicit:
-        return pydicom.uid.ImplicitVRLittleEndian
-    return pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+        return IMPLICIT_LE
+    return EXPLICIT_LE if little else EXPLICIT_BE
 
 
 def _check_complete(ds: Dataset, stream: BinaryIO, size: int) -> None:
@@ -221,6 +241,11 @@ def _end_of(element: object) -> int | None:
 
 def file_meta_prefix(sop_class_uid: str, sop_uid: str, transfer_syntax: str) -> bytes:
     """Preamble, 'DICM' and File Meta Information that make a raw dataset a Part 10 file."""
+    import pydicom.filewriter
+    import pydicom.uid
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class_uid)
     meta.MediaStorageSOPInstanceUID = pydicom.uid.UID(sop_uid)

@@ -18,6 +18,9 @@ import requests.auth
 import urllib3.connection
 import urllib3.connectionpool
 
+from transforms.dead_letter import Reason
+from transforms.errors import HttpError
+
 AUTH_KINDS = ("google", "bearer", "basic", "none")
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 USER_AGENT = "dicomweb-beam/0.1"
@@ -107,9 +110,23 @@ class GoogleAdcAuth(requests.auth.AuthBase):
         self._lock = threading.Lock()
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        import google.auth.exceptions
+
         with self._lock:
             if not self._credentials.valid:
-                self._credentials.refresh(self._refresh_request)
+                try:
+                    self._credentials.refresh(self._refresh_request)
+                except google.auth.exceptions.TransportError as exc:
+                    # The token endpoint did not answer: as transient as any connection error.
+                    raise CredentialsUnreachable(
+                        f"fetching Google credentials failed ({type(exc).__name__})"
+                    ) from None
+                except google.auth.exceptions.GoogleAuthError as exc:
+                    raise HttpError(
+                        Reason.CREDENTIALS_ERROR,
+                        f"Google credentials cannot be refreshed ({type(exc).__name__}); check "
+                        "Application Default Credentials on the workers",
+                    ) from None
             self._credentials.apply(r.headers)
         return r
 
@@ -146,6 +163,10 @@ class _CaretPool(urllib3.connectionpool.HTTPConnectionPool):
 
 class _CaretHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
     ConnectionCls = _CaretHTTPSConnection
+class CredentialsUnreachable(requests.ConnectionError):
+    """The credentials' token endpoint did not answer; retried like a connection error."""
+
+    before_sending = True
 
 
 class _Adapter(requests.adapters.HTTPAdapter):

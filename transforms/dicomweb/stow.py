@@ -1,22 +1,29 @@
 """Store one batch of instances with STOW-RS and account for every one of them. No Beam here.
 
 ``StowClient.store(batch)`` returns one outcome per file: a ``StoredInstance`` (stored now, or
-already present) or a ``DeadLetter``. Nothing is reported stored unless the server listed it in
-its ReferencedSOPSequence. The rules, in the order they apply:
+already present) or a ``DeadLetter``; it never raises. Nothing is reported stored unless the
+server listed it in its ReferencedSOPSequence. The rules, in the order they apply:
 
-* Before sending, the study's existing SOP Instance UIDs are looked up (QIDO, cached per study),
-  so a re-run sends nothing twice and reports ``already_present`` on every server (Orthanc
-  answers a duplicate exactly like a new instance; Google answers 409 "already exists").
+* Before sending, the study's existing SOP Instance UIDs are looked up (QIDO, cached per study;
+  ``WriteToDicomStore`` does it once per study before spreading the batches and passes
+  ``check_existing=False``), so a re-run sends nothing twice and reports ``already_present`` on
+  every server (Orthanc answers a duplicate exactly like a new instance; Google answers 409).
 * Transient HTTP failures are retried by ``http.send``; when they persist the batch's instances
-  are dead-lettered with ``retries_exhausted``.
+  are dead-lettered with ``retries_exhausted``. Redirects follow ``http.redirect_decision``.
+* "Already exists" is FailureReason 0x0111, or Google's 0x0110 with its "already exists" detail,
+  never words alone; a fresh search of the study must confirm it (else ``unconfirmed``). When an
+  earlier attempt of the request lost its answer, the instance is this run's: ``stored``.
 * A 4xx that names no instance, or that leaves some instances unnamed, may be the fault of one
   bad neighbour: the unnamed instances are sent again one per request to get their own verdict.
 * A file that changed since it was validated is dead-lettered alone; the rest is sent again.
+* Any unexpected exception costs the files of the request it happened in (``internal_error``).
+* Byte-identical copies carried by the batch get their twin's outcome (``duplicate_of``).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -37,7 +44,7 @@ from transforms.dicomweb.multipart import (
 )
 from transforms.dicomweb.qido import study_sop_uids
 from transforms.dicomweb.stow_response import BadStowResponse, InstanceResult, parse_stow_response
-from transforms.errors import HttpError, SourceChangedError
+from transforms.errors import HttpError, SourceChangedError, describe_exception
 from transforms.records import (
     STATUS_ALREADY_PRESENT,
     STATUS_STORED,
@@ -129,6 +136,12 @@ class _StudyCache:
                     self._data.popitem(last=False)
             return uids
 
+    def put(self, study: str, uids: set[str]) -> None:
+        with self._lock:
+            self._data[study] = uids
+            while len(self._data) > self._max:
+                self._data.popitem(last=False)
+
     def add(self, study: str, uids: Sequence[str]) -> None:
         with self._lock:
             if study in self._data:
@@ -154,43 +167,75 @@ class StowClient:
         self._rng = rng
         self._existing = _StudyCache()
 
-    def store(self, batch: StowBatch) -> StoreReport:
+    def store(self, batch: StowBatch, *, check_existing: bool | None = None) -> StoreReport:
+        """One outcome per file of the batch and per duplicate it carries; never raises.
+
+        ``check_existing`` (default: the config's) looks the study up first; a caller that
+        already did (once per study, before spreading the batches) passes False.
+        """
         report = StoreReport()
-        to_send = self._skip_existing(batch, report)
-        if self._config.single_part:
-            for f in to_send:
-                self._send(batch.study_uid, [f], report, prior_attempts=0)
-        elif to_send:
-            self._send(batch.study_uid, to_send, report, prior_attempts=0)
+        check = self._config.check_existing if check_existing is None else check_existing
+        try:
+            to_send = self._skip_existing(batch, report) if check else list(batch.files)
+            if self._config.single_part:
+                for f in to_send:
+                    self._send(batch.study_uid, [f], report, prior_attempts=0)
+            elif to_send:
+                self._send(batch.study_uid, to_send, report, prior_attempts=0)
+        except Exception as exc:  # the boundary: an unexpected error costs these files only
+            done = {o.source for o in report.outcomes}
+            report.outcomes.extend(
+                _dead(f, Reason.INTERNAL_ERROR, describe_exception(exc))
+                for f in batch.files
+                if f.path not in done
+            )
         stored = [o.uids.sop for o in report.outcomes if isinstance(o, StoredInstance)]
         self._existing.add(batch.study_uid, stored)
+        report.outcomes.extend(twin_outcomes(report.outcomes, batch.duplicates))
         return report
+
+    def lookup_existing(self, study: str, report: StoreReport | None = None) -> set[str]:
+        """SOP Instance UIDs the store holds in ``study`` (cached); raises ``HttpError``."""
+        report = report if report is not None else StoreReport()
+
+        def fetch() -> set[str]:
+            return self._search(study, report)
+
+        return self._existing.get_or_fetch(study, fetch)
+
+    def existing_outcomes(
+        self, files: Sequence[DicomFile], existing: set[str]
+    ) -> tuple[list[Outcome], list[DicomFile]]:
+        """(outcomes of the files the store already holds, the files to send)."""
+        present: list[Outcome] = []
+        to_send: list[DicomFile] = []
+        for f in files:
+            if f.uids.sop in existing:
+                present.append(self._already_present(f, attempts=0, result=None))
+            else:
+                to_send.append(f)
+        return present, to_send
+
+    def _search(self, study: str, report: StoreReport) -> set[str]:
+        report.requests += 1
+        return study_sop_uids(
+            self._session, self._config.endpoint, study,
+            policy=self._config.retry, clock=self._clock,
+            on_retry=lambda status, wait: _count_retry(report, wait),
+        )  # fmt: skip
 
     # --- before sending --------------------------------------------------------------------
 
     def _skip_existing(self, batch: StowBatch, report: StoreReport) -> list[DicomFile]:
-        if not self._config.check_existing:
-            return list(batch.files)
-
-        def fetch() -> set[str]:
-            report.requests += 1
-            return study_sop_uids(
-                self._session, self._config.endpoint, batch.study_uid,
-                policy=self._config.retry, clock=self._clock,
-                on_retry=lambda status, wait: _count_retry(report, wait),
-            )  # fmt: skip
-
         try:
-            existing = self._existing.get_or_fetch(batch.study_uid, fetch)
+            existing = self.lookup_existing(batch.study_uid, report)
         except HttpError:
-            # Storing anyway is safe: the server deduplicates or says "already exists".
+            # Storing anyway is safe: the server deduplicates or says "already exists". The
+            # failure is remembered: the study's other batches do not wait for it again.
+            self._existing.put(batch.study_uid, set())
             return list(batch.files)
-        to_send = []
-        for f in batch.files:
-            if f.uids.sop in existing:
-                report.outcomes.append(self._already_present(f, attempts=0, result=None))
-            else:
-                to_send.append(f)
+        present, to_send = self.existing_outcomes(batch.files, existing)
+        report.outcomes.extend(present)
         return to_send
 
     # --- sending ---------------------------------------------------------------------------
@@ -221,7 +266,24 @@ class StowClient:
             if rest:
                 self._send(study, rest, report, prior_attempts=prior_attempts)
             return
-        except HttpError as exc:
+        except Exception as exc:
+            if not isinstance(exc, HttpError):  # unexpected: these files only, not the batch
+                if len(files) > 1:
+                    # It may be one file's doing (e.g. a gs:// object deleted since it was
+                    # read, which is not an OSError): each is sent alone for its own verdict.
+                    for f in files:
+                        self._send(study, [f], report, prior_attempts=prior_attempts)
+                    return
+                report.outcomes.extend(
+                    _dead(
+                        f,
+                        Reason.INTERNAL_ERROR,
+                        describe_exception(exc),
+                        attempts=prior_attempts + 1,
+                    )
+                    for f in files
+                )
+                return
             report.outcomes.extend(
                 _dead(
                     f,
@@ -294,12 +356,13 @@ class StowClient:
                 return
             parsed = None  # an error page: handled as "names no instance" below
         unnamed: list[DicomFile] = []
+        confirm = _Confirmation(self, study, report)
         for f in files:
             sop = f.uids.sop
             if parsed and sop in parsed.referenced:
                 report.outcomes.append(self._stored(f, parsed.referenced[sop], attempts))
             elif parsed and sop in parsed.failed:
-                report.outcomes.append(self._failed(f, parsed.failed[sop], resp.status, attempts))
+                report.outcomes.append(self._failed(f, parsed.failed[sop], resp, attempts, confirm))
             else:
                 unnamed.append(f)
         if not unnamed:
@@ -364,8 +427,44 @@ class StowClient:
             attempts=attempts,
         )
 
-    def _failed(self, f: DicomFile, result: InstanceResult, status: int, attempts: int) -> Outcome:
+    def _failed(
+        self,
+        f: DicomFile,
+        result: InstanceResult,
+        resp: http.Response,
+        attempts: int,
+        confirm: _Confirmation,
+    ) -> Outcome:
+        status = resp.status
         if result.already_exists:
+            found = confirm.holds(f.uids.sop)
+            if found is not True:
+                return _dead(
+                    f,
+                    Reason.UNCONFIRMED,
+                    "the server said this instance already exists, but "
+                    + (
+                        "a search of the study does not find it"
+                        if found is False
+                        else "the search to confirm it failed"
+                    ),
+                    status=status,
+                    server_reason=result.failure_reason_hex,
+                    detail=result.detail,
+                    attempts=attempts,
+                )
+            if resp.uncertain_attempts:
+                # An earlier attempt of this very request stored it; its answer was lost.
+                u = f.uids
+                return StoredInstance(
+                    source=f.path,
+                    uids=u,
+                    sop_class_uid=f.sop_class_uid,
+                    retrieve_url=self._config.endpoint.instance_url(u.study, u.series, u.sop),
+                    bytes=f.size,
+                    status=STATUS_STORED,
+                    attempts=attempts,
+                )
             return self._already_present(f, attempts=attempts, result=result)
         return _dead(
             f,
@@ -376,6 +475,54 @@ class StowClient:
             detail=result.detail,
             attempts=attempts,
         )
+
+
+class _Confirmation:
+    """One fresh search of the study per answer, made only if an "already exists" needs it."""
+
+    def __init__(self, client: StowClient, study: str, report: StoreReport) -> None:
+        self._client = client
+        self._study = study
+        self._report = report
+        self._uids: set[str] | None = None
+        self._failed = False
+
+    def holds(self, sop: str) -> bool | None:
+        """True/False from the search, None when the search failed."""
+        if self._uids is None and not self._failed:
+            try:
+                self._uids = self._client._search(self._study, self._report)
+            except HttpError:
+                self._failed = True
+        return None if self._uids is None else sop in self._uids
+
+
+def twin_outcomes(
+    outcomes: Sequence[Outcome], duplicates: Sequence[tuple[str, DicomFile]]
+) -> list[Outcome]:
+    """The outcome of each byte-identical copy: its twin's, with 0 bytes and ``duplicate_of``."""
+    by_source = {o.source: o for o in outcomes}
+    out: list[Outcome] = []
+    for twin, copy in duplicates:
+        outcome = by_source.get(twin)
+        if isinstance(outcome, StoredInstance):
+            out.append(
+                dataclasses.replace(
+                    outcome, source=copy.path, bytes=0, attempts=0, duplicate_of=twin
+                )
+            )
+        elif isinstance(outcome, DeadLetter):
+            out.append(
+                dataclasses.replace(
+                    outcome,
+                    source=copy.path,
+                    attempts=0,
+                    message=f"same bytes as {twin}, which failed: {outcome.message}",
+                )
+            )
+        else:  # cannot happen: every file of a batch has an outcome
+            out.append(_dead(copy, Reason.INTERNAL_ERROR, f"no outcome for its twin {twin}"))
+    return out
 
 
 def _segments(f: DicomFile) -> tuple[bytes | FileSegment, ...]:

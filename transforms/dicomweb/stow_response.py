@@ -29,7 +29,10 @@ _STOW_TAGS = (REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE, RETRIEVE_URL)
 
 # PS3.7 Annex C "Duplicate SOP Instance".
 DUPLICATE_SOP_INSTANCE = 0x0111
-_ALREADY_EXISTS_TEXTS = ("already exists", "already exist", "duplicate")
+# Google answers "Processing failure" (0x0110) for a duplicate and says why in its detail tag;
+# the words only count with that code: 0xC000 "... duplicate ..." is a refusal, not a duplicate.
+PROCESSING_FAILURE = 0x0110
+_GOOGLE_ALREADY_EXISTS = "already exists"
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,10 @@ class InstanceResult:
     def already_exists(self) -> bool:
         if self.failure_reason == DUPLICATE_SOP_INSTANCE:
             return True
-        text = (self.detail or "").lower()
-        return any(t in text for t in _ALREADY_EXISTS_TEXTS)
+        return (
+            self.failure_reason == PROCESSING_FAILURE
+            and _GOOGLE_ALREADY_EXISTS in (self.detail or "").lower()
+        )
 
 
 @dataclass(frozen=True)
