@@ -1,11 +1,18 @@
-"""The quickstart: store pydicom's bundled sample files into a local Orthanc, then run again.
+"""The quickstart: every job once, on pydicom's bundled sample files, against a local Orthanc.
 
     python -m pipelines.demo [--output DIR]
 
-Starts an Orthanc + DICOMweb plugin on a free loopback port with a temporary store, runs
-``pipelines.store`` on the sample folder (real images in many transfer syntaxes, mixed with files
-that are not DICOM, truncated, lack UIDs or repeat another file's UIDs, so the dead letters show
-their reasons), runs it a second time to show that nothing is stored twice, and stops Orthanc.
+Starts an Orthanc + DICOMweb plugin on a free loopback port with a temporary store, then:
+
+1. ``pipelines.store`` on the sample folder (real images in many transfer syntaxes, mixed with
+   files that are not DICOM, truncated, lack UIDs or repeat another file's UIDs, so the dead
+   letters show their reasons), twice, to show that nothing is stored twice;
+2. ``pipelines.search``: the CT series;
+3. ``pipelines.retrieve``: those series' instances, byte for byte, as files;
+4. ``pipelines.delete``: the MR studies, through Orthanc's REST API (``--delete_api orthanc``),
+   after writing the plan;
+
+and stops Orthanc. Each step prints the command line it runs and its summary.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from pathlib import Path
 
 import pydicom.data
 
-from pipelines import store
+from pipelines import delete, retrieve, search, store
 from pipelines.local_orthanc import LocalOrthanc
 
 
@@ -49,7 +56,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             codes.append(code)
             _show_dead_letter_examples(output / run_name)
         print(f"\nOrthanc now holds {orthanc.instance_count()} instances.")
-    print(f"Results and dead letters are under {output}")
+        url = ["--dicomweb_url", orthanc.dicomweb_url]
+        steps = [
+            (search, ["--level", "series", "--filter", "Modality=CT", "--output", "search"]),
+            (retrieve, ["--level", "series", "--filter", "Modality=CT", "--output", "retrieve"]),
+            (delete, ["--level", "studies", "--filter", "ModalitiesInStudy=MR",
+                      "--delete_api", "orthanc", "--yes", "--output", "delete"]),
+        ]  # fmt: skip
+        for job, job_args in steps:
+            at = job_args.index("--output") + 1
+            job_args[at] = str(output / job_args[at])
+            name = job.__name__
+            print(
+                f"\n== {name}: python -m {name} {' '.join(job_args)} --dicomweb_url ...", flush=True
+            )
+            codes.append(job.main([*job_args, *url]))
+        print(f"\nOrthanc now holds {orthanc.instance_count()} instances.")
+    print(f"Results, files and dead letters are under {output}")
     ok = all(code in (store.EXIT_OK, store.EXIT_DEAD_LETTERS) for code in codes)
     return 0 if ok else 1
 

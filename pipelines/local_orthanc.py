@@ -46,10 +46,10 @@ class LocalOrthanc:
         removed on stop).
     """
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, http_port: int | None = None) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="orthanc-"))
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -135,7 +135,16 @@ class LocalOrthanc:
 
 
 if __name__ == "__main__":
-    with LocalOrthanc() as server:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.local_orthanc",
+        description="A throw-away Orthanc with DICOMweb on 127.0.0.1, to try the jobs on.",
+    )
+    parser.add_argument("--port", type=int, default=8042, help="HTTP port (default: 8042)")
+    parser.add_argument("--workdir", type=Path, help="keep its store here (default: a temp dir)")
+    cli = parser.parse_args()
+    with LocalOrthanc(cli.workdir, cli.port) as server:
         print(f"DICOMweb at {server.dicomweb_url} (Ctrl-C to stop)", flush=True)
         try:
             while True:
