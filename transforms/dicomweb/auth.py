@@ -163,6 +163,8 @@ class _CaretPool(urllib3.connectionpool.HTTPConnectionPool):
 
 class _CaretHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
     ConnectionCls = _CaretHTTPSConnection
+
+
 class CredentialsUnreachable(requests.ConnectionError):
     """The credentials' token endpoint did not answer; retried like a connection error."""
 
