@@ -87,7 +87,8 @@ class StoreOptions(PipelineOptions):
             action="append",
             help="glob of DICOM files, local or gs:// (repeatable; a directory means all below)",
         )
-        g.add_argument(
+        add_shared_option(
+            g,
             "--output",
             help="prefix (local or gs://) for stored-*.jsonl and dead_letter-*.jsonl; refused "
             "if it holds results of another run, unless --overwrite",
@@ -114,7 +115,8 @@ class StoreOptions(PipelineOptions):
             default=DEFAULT_MAX_BATCH_BYTES,
             help="bytes per STOW request at most (a larger instance is sent alone)",
         )
-        g.add_argument(
+        add_shared_option(
+            g,
             "--max_concurrency",
             type=positive_int,
             default=DEFAULT_MAX_CONCURRENCY,
@@ -335,7 +337,8 @@ class RetrieveOptions(PipelineOptions):
         from transforms.dicomweb import wado  # noqa: PLC0415 - keeps this block self-contained
 
         g = parser.add_argument_group("retrieve")
-        g.add_argument(
+        add_shared_option(
+            g,
             "--uids_file",
             help="file (local or gs://) of targets, one a line: study, study/series, "
             "study/series/instance, or a JSON line of pipelines.search's results",
@@ -376,7 +379,8 @@ class RetrieveOptions(PipelineOptions):
             default=wado.DEFAULT_LAYOUT,
             help="file names below --output; {study}, {series}, {instance}",
         )
-        g.add_argument(
+        add_shared_option(
+            g,
             "--verify",
             action="store_true",
             help="instances: check each file parses and holds the SOP Instance UID asked for",

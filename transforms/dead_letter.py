@@ -45,7 +45,6 @@ class Reason:
     # search (QIDO-RS)
     TOO_MANY_MATCHES = "too_many_matches"  # past the server's offset cap, nothing to split on
     BAD_QUERY = "bad_query"  # a line of --queries that is not a query
-    UNEXPECTED = "unexpected_error"  # a bug or an unforeseen answer, caught at the boundary
     # delete family (transforms/delete.py, transforms/dicomweb/delete.py)
     DELETE_UNSUPPORTED = "delete_unsupported"
     OPERATION_FAILED = "operation_failed"

@@ -194,7 +194,7 @@ def _unexpected_letter(
     return DeadLetter(
         stage=stage,
         source=DicomwebEndpoint.redacted(target_url(config.endpoint, target)),
-        reason=Reason.UNEXPECTED,
+        reason=Reason.INTERNAL_ERROR,
         message=f"unexpected {type(exc).__name__} while handling the target",
         uids=uids_of(target),
     )

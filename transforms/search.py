@@ -105,7 +105,7 @@ def answer(
         # Only the type: an exception's text may quote a server's answer (patient data).
         failure = _dead_letter(
             query,
-            Reason.UNEXPECTED,
+            Reason.INTERNAL_ERROR,
             f"unexpected {type(exc).__name__} while searching",
             attempts=stats.requests,
         )

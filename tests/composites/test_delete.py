@@ -116,7 +116,7 @@ class _ExplodingSession(requests.Session):
         raise RuntimeError("a bug, not a network failure")
 
 
-def test_an_unexpected_error_is_a_dead_letter_not_a_failed_bundle() -> None:
+def test_an_internal_error_is_a_dead_letter_not_a_failed_bundle() -> None:
     config = DeleteConfig(DicomwebEndpoint("http://127.0.0.1:9/dicom-web"), retry=FAST)
     planned = PlannedDelete(InstanceUids("1.2.3", "1.2.4", "1.2.5"), "instances", 1, "to_delete")
     with TestPipeline() as p:
@@ -128,6 +128,6 @@ def test_an_unexpected_error_is_a_dead_letter_not_a_failed_bundle() -> None:
         assert_that(result.deleted, equal_to([]), label="NoneDeleted")
         assert_that(
             result.failed | beam.Map(lambda d: (d.stage, d.reason, d.uids.sop)),
-            equal_to([("delete", "unexpected_error", "1.2.5")]),
+            equal_to([("delete", "internal_error", "1.2.5")]),
             label="Failed",
         )

@@ -136,7 +136,7 @@ class _VanishingFileSystem(LocalFileSystem):
         return super().open(self._local(path), *args, **kwargs)  # type: ignore[arg-type]
 
 
-def test_an_object_that_vanished_or_an_unexpected_error_is_a_dead_letter(tmp_path: Path) -> None:
+def test_an_object_that_vanished_or_an_internal_error_is_a_dead_letter(tmp_path: Path) -> None:
     (kept,) = factory.write_ct_instances(tmp_path, count=1)
     for name in ("gone.dcm", "boom.dcm"):
         (tmp_path / name).write_bytes(kept.read_bytes())

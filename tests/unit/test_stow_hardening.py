@@ -183,7 +183,7 @@ def test_credentials_that_cannot_be_fetched_are_dead_letters(
     assert google_standin.instances == {}
 
 
-def test_an_unexpected_error_costs_its_files_only(orthanc: Any, tmp_path: Path) -> None:
+def test_an_internal_error_costs_its_files_only(orthanc: Any, tmp_path: Path) -> None:
     batch = make_batch(tmp_path, 2, "boom")
 
     def opener(path: str) -> Any:
@@ -281,7 +281,7 @@ def test_describe_exception_keeps_the_type_and_drops_what_may_be_data(
     assert describe_exception(exc) == expected
 
 
-def test_an_unexpected_error_in_a_batch_isolates_the_file_that_caused_it(
+def test_an_internal_error_in_a_batch_isolates_the_file_that_caused_it(
     orthanc: Any, tmp_path: Path
 ) -> None:
     import google.api_core.exceptions
