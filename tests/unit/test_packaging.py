@@ -56,6 +56,7 @@ BEAM_FREE_TOP_LEVEL = [
     "transforms.targets",
     "transforms.errors",
     "transforms.progress",
+    "transforms.inflight",
 ]
 
 
