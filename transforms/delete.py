@@ -43,6 +43,7 @@ from transforms.dicomweb.delete import (
     uids_of,
 )
 from transforms.dicomweb.endpoint import DicomwebEndpoint
+from transforms.inflight import InFlight
 from transforms.records import (
     PLAN_TO_DELETE,
     STATUS_DELETED,
@@ -94,8 +95,7 @@ class _PooledFn(beam.DoFn):
         self._pool_key = pool_key
         self._session_factory = session_factory
         self._shared: _Shared | None = None
-        self._pending: list[tuple[concurrent.futures.Future[Any], Any, BoundedWindow, Timestamp]]
-        self._pending = []
+        self._inflight: InFlight[Any] = InFlight()
 
     def _create(self) -> _Shared:
         pool_size = self._max_concurrency + self._max_operations
@@ -118,7 +118,7 @@ class _PooledFn(beam.DoFn):
         self._shared = concurrency.acquire(self._pool_key, self._create, _close)
 
     def start_bundle(self) -> None:
-        self._pending = []
+        self._inflight = InFlight()
 
     def process(
         self,
@@ -128,7 +128,7 @@ class _PooledFn(beam.DoFn):
     ) -> Iterator[object]:
         assert self._shared is not None
         pool, work = self._work(self._shared, element)
-        self._pending.append((pool.submit(work, element), element, window, timestamp))
+        self._inflight.add(pool.submit(work, element), (element, window, timestamp))
         # Enough queued work to keep both pools busy, without holding a bundle in memory.
         yield from self._collect(keep=2 * (self._max_concurrency + self._max_operations))
 
@@ -150,31 +150,20 @@ class _PooledFn(beam.DoFn):
         raise NotImplementedError
 
     def _collect(self, keep: int) -> Iterator[object]:
-        while True:
-            done = [p for p in self._pending if p[0].done()]
-            if not done and len(self._pending) > keep:
-                concurrent.futures.wait(
-                    [p[0] for p in self._pending], return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                continue
-            if not done:
-                return
-            for entry in done:
-                self._pending.remove(entry)
-                future, element, window, timestamp = entry
-                try:
-                    report = future.result()
-                except Exception as exc:  # the exception boundary: never a failed bundle
-                    report = self._unexpected(element, exc)
-                _count(report.tally)
-                for failure, outcome in self._emit(report):
-                    value = WindowedValue(outcome, timestamp, (window,))
-                    if failure:
-                        assert isinstance(outcome, DeadLetter)
-                        metrics.count_dead_letter(outcome)
-                        yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
-                    else:
-                        yield value
+        for future, (element, window, timestamp) in self._inflight.finished(keep):
+            try:
+                report = future.result()
+            except Exception as exc:  # the exception boundary: never a failed bundle
+                report = self._unexpected(element, exc)
+            _count(report.tally)
+            for failure, outcome in self._emit(report):
+                value = WindowedValue(outcome, timestamp, (window,))
+                if failure:
+                    assert isinstance(outcome, DeadLetter)
+                    metrics.count_dead_letter(outcome)
+                    yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
+                else:
+                    yield value
 
     def _unexpected(self, element: Any, exc: Exception) -> Report:
         raise NotImplementedError

@@ -37,6 +37,7 @@ from transforms.dicomweb.retriever import Retriever, UnitReport
 from transforms.dicomweb.wado import WadoConfig
 from transforms.dicomweb.wado_files import ManifestEntry
 from transforms.errors import DicomwebError, HttpError, InvalidInputError
+from transforms.inflight import InFlight
 from transforms.output_files import OutputFiles
 from transforms.records import STATUS_RETRIEVED, InstanceUids, RetrievedFile
 from transforms.results import RetrieveResult
@@ -154,9 +155,7 @@ class _ExpandFn(beam.DoFn):
         self._pool_key = pool_key
         self._session_factory = session_factory
         self._shared: _Listing | None = None
-        self._pending: list[
-            tuple[concurrent.futures.Future[list[Target] | DeadLetter], BoundedWindow, Timestamp]
-        ] = []
+        self._inflight: InFlight[Any] = InFlight()
 
     def _create(self) -> _Listing:
         factory = self._session_factory
@@ -177,7 +176,7 @@ class _ExpandFn(beam.DoFn):
             self._shared = None
 
     def start_bundle(self) -> None:
-        self._pending = []
+        self._inflight = InFlight()
 
     def process(
         self,
@@ -191,33 +190,22 @@ class _ExpandFn(beam.DoFn):
             return
         shared = self._shared
         future = shared.executor.submit(expand_target, shared.session, self._config, target)
-        self._pending.append((future, window, timestamp))
+        self._inflight.add(future, (window, timestamp))
         yield from self._collect(keep=2 * self._max_concurrency)
 
     def finish_bundle(self) -> Iterator[object]:
         yield from self._collect(keep=0)
 
     def _collect(self, keep: int) -> Iterator[object]:
-        while True:
-            done = [p for p in self._pending if p[0].done()]
-            if not done and len(self._pending) > keep:
-                concurrent.futures.wait(
-                    [p[0] for p in self._pending], return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                continue
-            if not done:
-                return
-            for entry in done:
-                self._pending.remove(entry)
-                future, window, timestamp = entry
-                outcome = future.result()
-                if isinstance(outcome, DeadLetter):
-                    metrics.count_dead_letter(outcome)
-                    value = WindowedValue(outcome, timestamp, (window,))
-                    yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
-                else:
-                    for unit in outcome:
-                        yield WindowedValue(unit, timestamp, (window,))
+        for future, (window, timestamp) in self._inflight.finished(keep):
+            outcome = future.result()
+            if isinstance(outcome, DeadLetter):
+                metrics.count_dead_letter(outcome)
+                value = WindowedValue(outcome, timestamp, (window,))
+                yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
+            else:
+                for unit in outcome:
+                    yield WindowedValue(unit, timestamp, (window,))
 
 
 @dataclass
@@ -250,9 +238,7 @@ class _RetrieveFn(beam.DoFn):
         self._pool_key = pool_key
         self._session_factory = session_factory
         self._shared: _Shared | None = None
-        self._pending: list[
-            tuple[concurrent.futures.Future[UnitReport], BoundedWindow, Timestamp]
-        ] = []
+        self._inflight: InFlight[Any] = InFlight()
 
     def _create(self) -> _Shared:
         if self._session_factory is not None:
@@ -270,7 +256,7 @@ class _RetrieveFn(beam.DoFn):
         self._shared = concurrency.acquire(self._pool_key, self._create, _close)
 
     def start_bundle(self) -> None:
-        self._pending = []
+        self._inflight = InFlight()
 
     def process(
         self,
@@ -285,7 +271,7 @@ class _RetrieveFn(beam.DoFn):
     ) -> Iterator[object]:
         assert self._shared is not None
         future = self._shared.executor.submit(self._shared.retriever.retrieve, unit)
-        self._pending.append((future, window, timestamp))
+        self._inflight.add(future, (window, timestamp))
         # Enough queued work to keep the pool busy, without holding a whole bundle in memory.
         yield from self._collect(keep=2 * self._max_concurrency)
 
@@ -298,19 +284,8 @@ class _RetrieveFn(beam.DoFn):
             self._shared = None
 
     def _collect(self, keep: int) -> Iterator[object]:
-        while True:
-            done = [p for p in self._pending if p[0].done()]
-            if not done and len(self._pending) > keep:
-                concurrent.futures.wait(
-                    [p[0] for p in self._pending], return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                continue
-            if not done:
-                return
-            for entry in done:
-                self._pending.remove(entry)
-                future, window, timestamp = entry
-                yield from _emit(future.result(), window, timestamp)
+        for future, (window, timestamp) in self._inflight.finished(keep):
+            yield from _emit(future.result(), window, timestamp)
 
 
 class _RetrieveWithSideInputsFn(_RetrieveFn):

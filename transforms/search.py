@@ -20,6 +20,7 @@ import io
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 import requests
@@ -49,6 +50,7 @@ from transforms.dicomweb.qido_query import (
 )
 from transforms.errors import HttpError
 from transforms.files import open_source
+from transforms.inflight import InFlight
 from transforms.records import MatchBatch, SearchMatch, SearchQuery
 from transforms.results import QueriesResult, SearchResult
 
@@ -147,8 +149,7 @@ class _SearchFn(beam.DoFn):
         self._spool_memory = spool_memory
         self._batch_matches = batch_matches
         self._shared: _Shared | None = None
-        self._pending: list[tuple[concurrent.futures.Future[_Outcome], BoundedWindow, Timestamp]]
-        self._pending = []
+        self._inflight: InFlight[Any] = InFlight()
 
     def _create(self) -> _Shared:
         if self._session_factory is not None:
@@ -169,7 +170,7 @@ class _SearchFn(beam.DoFn):
         self._shared = concurrency.acquire(self._pool_key, self._create, _close)
 
     def start_bundle(self) -> None:
-        self._pending = []
+        self._inflight = InFlight()
 
     def process(
         self,
@@ -182,7 +183,7 @@ class _SearchFn(beam.DoFn):
         future = shared.executor.submit(
             answer, shared.session, self._config, query, self._spool_memory, shared.pages
         )
-        self._pending.append((future, window, timestamp))
+        self._inflight.add(future, (window, timestamp))
         # Enough queued queries to keep the pool busy, few enough finished spools waiting.
         yield from self._collect(keep=2 * self._max_concurrency)
 
@@ -195,19 +196,8 @@ class _SearchFn(beam.DoFn):
             self._shared = None
 
     def _collect(self, keep: int) -> Iterator[object]:
-        while True:
-            done = [p for p in self._pending if p[0].done()]
-            if not done and len(self._pending) > keep:
-                concurrent.futures.wait(
-                    [p[0] for p in self._pending], return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                continue
-            if not done:
-                return
-            for entry in done:
-                self._pending.remove(entry)
-                future, window, timestamp = entry
-                yield from _emit(future.result(), window, timestamp, self._batch_matches)
+        for future, (window, timestamp) in self._inflight.finished(keep):
+            yield from _emit(future.result(), window, timestamp, self._batch_matches)
 
 
 def _emit(

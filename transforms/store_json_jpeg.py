@@ -54,6 +54,7 @@ from transforms.dicomweb.stow_json import (
 )
 from transforms.errors import InvalidInputError
 from transforms.files import open_source
+from transforms.inflight import InFlight
 from transforms.records import (
     STATUS_BUILT,
     STATUS_STORED,
@@ -243,7 +244,7 @@ class _PairStowFn(beam.DoFn):
         self._session_factory = session_factory
         self._mode = mode
         self._shared: _Shared | None = None
-        self._pending: list[tuple[concurrent.futures.Future[StoreReport], Batch, Any, Any]] = []
+        self._inflight: InFlight[Any] = InFlight()
 
     def _create(self) -> _Shared:
         if self._session_factory is not None:
@@ -261,7 +262,7 @@ class _PairStowFn(beam.DoFn):
         self._shared = concurrency.acquire(self._pool_key, self._create, _close)
 
     def start_bundle(self) -> None:
-        self._pending = []
+        self._inflight = InFlight()
 
     def process(
         self,
@@ -271,7 +272,7 @@ class _PairStowFn(beam.DoFn):
     ) -> Iterator[Any]:
         assert self._shared is not None
         future = self._shared.executor.submit(self._shared.client.store_pairs, *batch)
-        self._pending.append((future, batch, window, timestamp))
+        self._inflight.add(future, (batch, window, timestamp))
         yield from self._collect(keep=2 * self._max_concurrency)
 
     def finish_bundle(self) -> Iterator[Any]:
@@ -283,19 +284,8 @@ class _PairStowFn(beam.DoFn):
             self._shared = None
 
     def _collect(self, keep: int) -> Iterator[Any]:
-        while True:
-            done = [p for p in self._pending if p[0].done()]
-            if not done and len(self._pending) > keep:
-                concurrent.futures.wait(
-                    [p[0] for p in self._pending], return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                continue
-            if not done:
-                return
-            for entry in done:
-                self._pending.remove(entry)
-                future, (_, pairs), window, timestamp = entry
-                yield from _emit(_report(future, pairs), pairs, window, timestamp)
+        for future, ((_, pairs), window, timestamp) in self._inflight.finished(keep):
+            yield from _emit(_report(future, pairs), pairs, window, timestamp)
 
 
 def _report(

@@ -40,6 +40,7 @@ from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.dicomweb.stow import StoreReport, StowClient, StowConfig, twin_outcomes
 from transforms.errors import HttpError, describe_exception
 from transforms.files import open_source
+from transforms.inflight import InFlight
 from transforms.records import STATUS_STORED, DicomFile, StoredInstance, StowBatch
 from transforms.results import StoreResult
 
@@ -162,13 +163,10 @@ class _PlanBatchesFn(_SharedClientFn):
         super().__init__(**kwargs)
         self._max_count = max_count
         self._max_bytes = max_bytes
-        self._pending: list[
-            tuple[concurrent.futures.Future[_StudyPlan], str, list[DicomFile], BoundedWindow,
-                  Timestamp]
-        ] = []  # fmt: skip
+        self._inflight: InFlight[Any] = InFlight()
 
     def start_bundle(self) -> None:
-        self._pending = []
+        self._inflight = InFlight()
 
     def process(
         self,
@@ -182,31 +180,20 @@ class _PlanBatchesFn(_SharedClientFn):
             yield from self._unusable(files, window, timestamp)
             return
         future = self._shared.executor.submit(self._plan, study, files)
-        self._pending.append((future, study, files, window, timestamp))
+        self._inflight.add(future, (study, files, window, timestamp))
         yield from self._collect(keep=2 * self._max_concurrency)
 
     def finish_bundle(self) -> Iterator[object]:
         yield from self._collect(keep=0)
 
     def _collect(self, keep: int) -> Iterator[object]:
-        while True:
-            done = [p for p in self._pending if p[0].done()]
-            if not done and len(self._pending) > keep:
-                concurrent.futures.wait(
-                    [p[0] for p in self._pending], return_when=concurrent.futures.FIRST_COMPLETED
-                )
+        for future, (_study, files, window, timestamp) in self._inflight.finished(keep):
+            try:
+                plan = future.result()
+            except Exception as exc:  # the boundary: this study's files become dead letters
+                yield from _internal_errors(files, exc, window, timestamp)
                 continue
-            if not done:
-                return
-            for entry in done:
-                self._pending.remove(entry)
-                future, study, files, window, timestamp = entry
-                try:
-                    plan = future.result()
-                except Exception as exc:  # the boundary: this study's files become dead letters
-                    yield from _internal_errors(files, exc, window, timestamp)
-                    continue
-                yield from self._emit_plan(plan, window, timestamp)
+            yield from self._emit_plan(plan, window, timestamp)
 
     def _plan(self, study: str, files: list[DicomFile]) -> _StudyPlan:
         """Runs on a pool thread: no Beam metrics here."""
@@ -296,12 +283,10 @@ class _StowFn(_SharedClientFn):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._pending: list[
-            tuple[concurrent.futures.Future[StoreReport], StowBatch, BoundedWindow, Timestamp]
-        ] = []
+        self._inflight: InFlight[Any] = InFlight()
 
     def start_bundle(self) -> None:
-        self._pending = []
+        self._inflight = InFlight()
 
     def process(
         self,
@@ -318,7 +303,7 @@ class _StowFn(_SharedClientFn):
         future = self._shared.executor.submit(
             self._shared.client.store, batch, check_existing=False
         )
-        self._pending.append((future, batch, window, timestamp))
+        self._inflight.add(future, (batch, window, timestamp))
         # Enough queued work to keep the pool busy, without holding a whole bundle in memory.
         yield from self._collect(keep=2 * self._max_concurrency)
 
@@ -326,19 +311,8 @@ class _StowFn(_SharedClientFn):
         yield from self._collect(keep=0)
 
     def _collect(self, keep: int) -> Iterator[object]:
-        while True:
-            done = [p for p in self._pending if p[0].done()]
-            if not done and len(self._pending) > keep:
-                concurrent.futures.wait(
-                    [p[0] for p in self._pending], return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                continue
-            if not done:
-                return
-            for entry in done:
-                self._pending.remove(entry)
-                future, batch, window, timestamp = entry
-                yield from _emit(_report_of(future, batch), window, timestamp)
+        for future, (batch, window, timestamp) in self._inflight.finished(keep):
+            yield from _emit(_report_of(future, batch), window, timestamp)
 
 
 def _report_of(future: concurrent.futures.Future[StoreReport], batch: StowBatch) -> StoreReport:
