@@ -42,6 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines import preflight
 from pipelines.cli import JobSpec, UsageError, parse_options
 from pipelines.options import DeleteOptions, DicomwebOptions, auth_from, endpoint_from, retry_from
+from pipelines.runner_checks import report_without_metrics
 from pipelines.selection import (
     Selection,
     SelectionOptions,
@@ -49,7 +50,7 @@ from pipelines.selection import (
     search_config,
     selection_from,
 )
-from pipelines.summary import DeleteSummary, counter_values
+from pipelines.summary import DeleteSummary, MetricsUnavailable, counter_values
 from transforms import metrics
 from transforms.dead_letter import DeadLetter, Reason, Stage
 from transforms.delete import DeleteFromDicomStore, PlanDeletes
@@ -419,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         delete_run = run(argv)
+    except MetricsUnavailable:  # e.g. a Dataflow --dry_run build: say so, no zeros
+        return report_without_metrics("delete", argv)
     except (ValueError, preflight.PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -26,6 +26,7 @@ from apache_beam.runners.runner import PipelineResult
 from pipelines import preflight
 from pipelines.cli import JobSpec, UsageError, parse_options
 from pipelines.options import DicomwebOptions, RetrieveOptions, auth_from, endpoint_from, retry_from
+from pipelines.runner_checks import report_without_metrics
 from pipelines.selection import (
     Selection,
     SelectionOptions,
@@ -33,7 +34,7 @@ from pipelines.selection import (
     search_config,
     selection_from,
 )
-from pipelines.summary import RetrieveSummary
+from pipelines.summary import MetricsUnavailable, RetrieveSummary
 from transforms.dead_letter import DeadLetter, Stage
 from transforms.dicomweb import wado
 from transforms.dicomweb.auth import AuthConfig
@@ -275,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         retrieve_run = run(argv)
+    except MetricsUnavailable:  # e.g. a Dataflow --dry_run build: say so, no zeros
+        return report_without_metrics("retrieve", argv)
     except (ValueError, preflight.PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

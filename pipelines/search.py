@@ -39,6 +39,7 @@ from pipelines.options import (
     positive_int,
     retry_from,
 )
+from pipelines.runner_checks import report_without_metrics
 from pipelines.selection import (
     Selection,
     SelectionOptions,
@@ -46,7 +47,7 @@ from pipelines.selection import (
     search_config,
     selection_from,
 )
-from pipelines.summary import SearchSummary
+from pipelines.summary import MetricsUnavailable, SearchSummary
 from transforms.dicomweb.auth import AuthConfig
 from transforms.dicomweb.qido import SearchConfig
 from transforms.dicomweb.qido_query import INCLUDE_ALL, element_text, key_name, resolve_key
@@ -230,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         search_run = run(argv)
+    except MetricsUnavailable:  # e.g. a Dataflow --dry_run build: say so, no zeros
+        return report_without_metrics("search", argv)
     except (ValueError, preflight.PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

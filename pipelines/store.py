@@ -27,7 +27,8 @@ from apache_beam.runners.runner import PipelineResult
 from pipelines import preflight
 from pipelines.cli import JobSpec, parse_options
 from pipelines.options import DicomwebOptions, StoreOptions, StoreSettings, store_settings
-from pipelines.summary import StoreSummary, seconds_since_launch
+from pipelines.runner_checks import report_without_metrics
+from pipelines.summary import MetricsUnavailable, StoreSummary, seconds_since_launch
 from transforms.errors import describe_exception
 from transforms.read_dicom import ReadDicomFiles
 from transforms.results import StoreResult
@@ -126,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         store_run = run(argv)
+    except MetricsUnavailable:  # e.g. a Dataflow --dry_run build: say so, no zeros
+        return report_without_metrics("store", argv)
     except (ValueError, preflight.PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -40,7 +40,8 @@ from pipelines.options import (
     endpoint_from,
     retry_from,
 )
-from pipelines.summary import StoreSummary, counter_values
+from pipelines.runner_checks import report_without_metrics
+from pipelines.summary import MetricsUnavailable, StoreSummary, counter_values
 from transforms import metrics
 from transforms.dicom import metadata_csv
 from transforms.dicom.build import (
@@ -293,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         job = run(argv)
+    except MetricsUnavailable:  # e.g. a Dataflow --dry_run build: say so, no zeros
+        return report_without_metrics("store_json_jpeg", argv)
     except (ValueError, preflight.PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.metrics.metric import MetricResults, MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
 from transforms import metrics
@@ -114,7 +114,7 @@ _IMPORTED = time.monotonic()
 
 def counter_values(result: PipelineResult) -> dict[str, int]:
     """Counters of our namespace, summed over steps (committed values, else attempted)."""
-    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    query = _metrics_of(result).query(MetricsFilter().with_namespace(metrics.NAMESPACE))
     totals: dict[str, int] = {}
     for counter in query["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
@@ -327,3 +327,20 @@ class RetrieveSummary:
         if outputs:
             lines.append(f"  outputs          {outputs}")
         return "\n".join(lines)
+
+
+# --- runners (pipelines/runner_checks.py): a runner that reports no metrics --------------------
+class MetricsUnavailable(RuntimeError):
+    """The runner's result has no metrics to query (a Dataflow ``--dry_run=True`` build returns
+    such a result): the job's main says so instead of printing zeros (``runner_checks``)."""
+
+    def __init__(self, result: PipelineResult) -> None:
+        super().__init__(f"the runner's result ({type(result).__name__}) reports no metrics")
+        self.result = result
+
+
+def _metrics_of(result: PipelineResult) -> MetricResults:
+    try:
+        return result.metrics()
+    except NotImplementedError:
+        raise MetricsUnavailable(result) from None
