@@ -34,8 +34,8 @@ def test_without_metrics_the_output_files_give_the_counts_and_the_exit_code(
     assert code == runner_checks.EXIT_DEAD_LETTERS
     text = capsys.readouterr().out
     assert "reports no metrics" in text
-    assert "stored                         4 lines" in text
-    assert "dead_letter                    2 lines" in text
+    assert "    stored                       4 lines" in text
+    assert "    dead_letter                  2 lines" in text
 
     _shard(tmp_path / "clean", "stored", 1)
     assert runner_checks.report_without_metrics("store", [f"--output={tmp_path}/clean"]) == 0
