@@ -1,0 +1,100 @@
+"""The same job gives the same outcome on the in-process default runner, the DirectRunner in
+multi_processing mode (2 worker processes: DoFns pickled, setup() per process, metrics sent
+back), and the PortableRunner with Beam's embedded job service and the LOOPBACK environment:
+the same records, the same summary counts, the same exit code. Against the real Orthanc."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import factory
+
+from pipelines import search, store
+from pipelines.local_orthanc import LocalOrthanc
+
+RUNNERS = {
+    "default": [],
+    "multi_processing": [
+        "--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
+        "--direct_num_workers", "2",
+    ],
+    "portable": ["--runner", "PortableRunner", "--job_endpoint", "embed",
+                 "--environment_type", "LOOPBACK"],
+}  # fmt: skip
+
+
+def _rows(prefix: Path, name: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for path in sorted(prefix.glob(f"{name}-*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return rows
+
+
+def _counts(summary: Any) -> dict[str, Any]:
+    """The summary's counts, without its timings."""
+    return {
+        k: v
+        for k, v in dataclasses.asdict(summary).items()
+        if not k.endswith("seconds") and k != "elapsed_seconds"
+    }
+
+
+def test_store_gives_the_same_outcome_on_every_runner(
+    orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    good = factory.write_ct_instances(tmp_path / "in", count=4, studies=2)
+    bad = factory.write_bad_inputs(tmp_path / "in")
+    outcomes = {}
+    for name, extra in RUNNERS.items():
+        orthanc.delete_all()
+        out = tmp_path / name
+        argv = ["--input", str(tmp_path / "in"), "--dicomweb_url", orthanc.dicomweb_url,
+                "--output", str(out), "--batch_size", "2", *extra]  # fmt: skip
+        run = store.run(argv)
+        assert run is not None
+        assert orthanc.instance_count() == len(good)
+        outcomes[name] = (
+            run.exit_code,
+            _counts(run.summary),
+            sorted((r["source"], r["status"], r["sop_uid"]) for r in _rows(out, "stored")),
+            sorted((d["source"], d["reason"]) for d in _rows(out, "dead_letter")),
+        )
+    expected = outcomes["default"]
+    assert expected[0] == store.EXIT_DEAD_LETTERS
+    assert expected[1]["stored"] == len(good) and expected[1]["failed_by_reason"]
+    assert [r[0] for r in expected[2]] == sorted(str(p) for p in good)
+    assert expected[3] == sorted((str(b.path), b.reason) for b in bad)
+    for name, outcome in outcomes.items():
+        assert outcome == expected, name
+
+
+def test_search_gives_the_same_outcome_on_every_runner(
+    orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    factory.write_ct_instances(tmp_path / "in", count=5, studies=2)
+    argv = ["--input", str(tmp_path / "in"), "--dicomweb_url", orthanc.dicomweb_url]
+    assert store.main([*argv, "--output", str(tmp_path / "stored")]) == 0
+    queries = tmp_path / "queries.csv"
+    queries.write_text("Modality\nCT\nMR\n")
+    outcomes = {}
+    for name, extra in RUNNERS.items():
+        out = tmp_path / name
+        run = search.run(
+            ["--dicomweb_url", orthanc.dicomweb_url, "--level", "instances",
+             "--queries", str(queries), "--page_size", "2", "--output", str(out), *extra]
+        )  # fmt: skip
+        assert run is not None
+        outcomes[name] = (
+            run.exit_code,
+            _counts(run.summary),
+            sorted(json.dumps(r, sort_keys=True) for r in _rows(out, "results")),
+            _rows(out, "dead_letter"),
+        )
+    expected = outcomes["default"]
+    assert expected[0] == 0 and expected[1]["answered"] == 2
+    assert len(expected[2]) == 5 and expected[3] == []
+    for name, outcome in outcomes.items():
+        assert outcome == expected, name
