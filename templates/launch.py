@@ -22,8 +22,16 @@ def main() -> int:
         )
         return 2
     job = importlib.import_module(f"pipelines.{name}")
-    code: int = job.main(sys.argv[1:])
+    code: int = job.main(launch_args(sys.argv[1:]))
     return code
+
+
+def launch_args(args: list[str]) -> list[str]:
+    """The job's arguments: a launch that names no runner means Dataflow (the jobs' own default
+    runs in process, which on the launcher VM would store everything from there)."""
+    if any(a == "--runner" or a.startswith("--runner=") for a in args) or "--help" in args:
+        return args
+    return ["--runner=DataflowRunner", *args]
 
 
 if __name__ == "__main__":

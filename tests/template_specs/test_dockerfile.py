@@ -98,3 +98,16 @@ def test_launcher_runs_the_chosen_pipeline(
     monkeypatch.setenv("DWB_PIPELINE", "nope")
     assert launch.main() == 2
     assert "DWB_PIPELINE" in capsys.readouterr().err
+
+
+def test_a_launch_naming_no_runner_runs_on_dataflow() -> None:
+    launch = _load("launch.py")
+    assert launch.launch_args(["--output=gs://b/o"]) == [
+        "--runner=DataflowRunner",
+        "--output=gs://b/o",
+    ]
+    assert launch.launch_args(["--runner=DirectRunner", "--x=1"]) == [
+        "--runner=DirectRunner",
+        "--x=1",
+    ]
+    assert launch.launch_args(["--runner", "PortableRunner"]) == ["--runner", "PortableRunner"]
