@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import factory
+import jpeg_factory as jf
+import pydicom
+import requests
 
-from pipelines import search, store
+from pipelines import delete, retrieve, search, store, store_json_jpeg
 from pipelines.local_orthanc import LocalOrthanc
 
 RUNNERS = {
@@ -96,5 +99,58 @@ def test_search_gives_the_same_outcome_on_every_runner(
     expected = outcomes["default"]
     assert expected[0] == 0 and expected[1]["answered"] == 2
     assert len(expected[2]) == 5 and expected[3] == []
+    for name, outcome in outcomes.items():
+        assert outcome == expected, name
+
+
+def _upload(orthanc: LocalOrthanc, paths: list[Path]) -> None:
+    for path in paths:
+        resp = requests.post(f"{orthanc.rest_url}/instances", data=path.read_bytes(), timeout=30)
+        resp.raise_for_status()
+
+
+def test_retrieve_delete_and_json_jpeg_give_the_same_outcome_on_every_runner(
+    orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    paths = factory.write_ct_instances(tmp_path / "in", count=3, studies=1)
+    study = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    targets = tmp_path / "targets.txt"
+    targets.write_text(f"{study}\n1.2.3.404\n")  # the second is in no store: a dead letter
+    jf.write_good_pairs(tmp_path / "jpeg", 2)
+    url = orthanc.dicomweb_url
+    outcomes = {}
+    for name, extra in RUNNERS.items():
+        orthanc.delete_all()
+        _upload(orthanc, paths)
+        got = tmp_path / f"{name}-got"
+        fetched = retrieve.run(["--dicomweb_url", url, "--uids_file", str(targets),
+                                "--output", str(got), *extra])  # fmt: skip
+        assert fetched is not None
+        gone = tmp_path / f"{name}-deleted"
+        argv = ["--dicomweb_url", url, "--uids_file", str(targets), "--yes",
+                "--delete_api", "orthanc", "--output", str(gone), *extra]  # fmt: skip
+        deleted = delete.run(argv)
+        assert deleted is not None and orthanc.instance_count() == 0
+        jpeg_out = tmp_path / f"{name}-jpeg"
+        argv = ["--dicomweb_url", url, "--input", str(tmp_path / "jpeg"),
+                "--mode", "client", "--output", str(jpeg_out), *extra]  # fmt: skip
+        jpeg = store_json_jpeg.run(argv)
+        assert jpeg is not None and orthanc.instance_count() == 2
+        outcomes[name] = (
+            (fetched.exit_code, _counts(fetched.summary)),
+            sorted(factory.sha256(p) for p in got.rglob("*.dcm")),
+            sorted((d["reason"], d["stage"]) for d in _rows(got, "dead_letter")),
+            (deleted.exit_code, _counts(deleted.summary)),
+            sorted(
+                json.dumps({k: v for k, v in r.items() if k != "duration_seconds"}, sort_keys=True)
+                for r in _rows(gone, "deleted")
+            ),
+            jpeg.exit_code,
+            sorted((r["source"], r["status"]) for r in _rows(jpeg_out, "stored")),
+        )
+    expected = outcomes["default"]
+    assert expected[0][0] == 3 and expected[0][1]["retrieved"] == 3
+    assert expected[1] == sorted(factory.sha256(p) for p in paths)
+    assert expected[3][1]["deleted"] == 1 and expected[5] == 0 and len(expected[6]) == 2
     for name, outcome in outcomes.items():
         assert outcome == expected, name
