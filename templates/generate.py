@@ -133,6 +133,8 @@ def parameter(action: argparse.Action, required: bool = False) -> dict[str, Any]
     elif action.type is float:
         regex, param_type = _POSITIVE_NUMBER, "NUMBER"
     help_text = (action.help or "").replace("%(default)s", str(action.default))
+    if action.choices and (not help_text or help_text.startswith("(default")):
+        help_text = f"One of {', '.join(map(str, action.choices))} {help_text}".strip()
     help_text = help_text[:1].upper() + help_text[1:] if help_text else name.replace("_", " ")
     if action.default not in (None, False, []) and "default" not in help_text:
         help_text += f" (default: {action.default})"
