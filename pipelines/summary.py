@@ -53,11 +53,7 @@ class StoreSummary:
             requests=counters.get(metrics.HTTP_REQUESTS, 0),
             retries=counters.get(metrics.HTTP_RETRIES, 0),
             throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
-            failed_by_reason={
-                name[len(metrics.FAILED_PREFIX) :]: value
-                for name, value in sorted(counters.items())
-                if name.startswith(metrics.FAILED_PREFIX) and value
-            },
+            failed_by_reason=failed_by_reason(counters),
         )
 
     def render(self, outputs: str = "") -> str:
@@ -72,7 +68,7 @@ class StoreSummary:
         if self.duplicates:
             lines.append(f"  identical copies {self.duplicates:>10,}  (given their twin's outcome)")
         lines.append(f"  failed           {self.failed:>10,}")
-        lines += [f"    {reason:<22}{n:>8,}" for reason, n in self.failed_by_reason.items()]
+        lines += reason_lines(self.failed_by_reason)
         lines.append(
             f"  throughput       {done / seconds:>10,.1f} instances/s, "
             f"{self.bytes_stored / 1e6 / seconds:,.1f} MB/s"
@@ -81,10 +77,7 @@ class StoreSummary:
             lines[-1] += (
                 f" ({done / max(self.pipeline_seconds, 1e-9):,.1f} instances/s once running)"
             )
-        lines.append(
-            f"  requests         {self.requests:>10,}  ({self.retries:,} retried, "
-            f"{self.throttled_seconds:,.1f} s backing off)"
-        )
+        lines.append(request_line(self.requests, self.retries, self.throttled_seconds))
         if self.existence_checks_failed:
             lines.append(
                 f"  lookups failed   {self.existence_checks_failed:>10,}  (studies sent without "
@@ -120,6 +113,28 @@ def counter_values(result: PipelineResult) -> dict[str, int]:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
     return totals
+
+
+def failed_by_reason(counters: dict[str, int]) -> dict[str, int]:
+    """Dead letters by reason, from the ``failed_<reason>`` counters (non-zero ones, sorted)."""
+    prefix = metrics.FAILED_PREFIX
+    return {
+        name[len(prefix) :]: value
+        for name, value in sorted(counters.items())
+        if name.startswith(prefix) and value
+    }
+
+
+def reason_lines(by_reason: dict[str, int]) -> list[str]:
+    """The summary's indented lines under "failed", one per reason."""
+    return [f"    {reason:<22}{n:>8,}" for reason, n in by_reason.items()]
+
+
+def request_line(requests: int, retries: int, throttled_seconds: float) -> str:
+    return (
+        f"  requests         {requests:>10,}  ({retries:,} retried, "
+        f"{throttled_seconds:,.1f} s backing off)"
+    )
 
 
 # --- search (QIDO-RS) -------------------------------------------------------------------------
@@ -166,11 +181,7 @@ class SearchSummary:
             requests=counters.get(metrics.HTTP_REQUESTS, 0),
             retries=counters.get(metrics.HTTP_RETRIES, 0),
             throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
-            failed_by_reason={
-                name[len(metrics.FAILED_PREFIX) :]: value
-                for name, value in sorted(counters.items())
-                if name.startswith(metrics.FAILED_PREFIX) and value
-            },
+            failed_by_reason=failed_by_reason(counters),
         )
 
     def render(self, outputs: str = "") -> str:
@@ -182,13 +193,12 @@ class SearchSummary:
         ]
         lines += [f"    {level:<22}{n:>8,}" for level, n in self.matches_by_level.items()]
         lines.append(f"  failed queries   {self.failed:>10,}")
-        lines += [f"    {reason:<22}{n:>8,}" for reason, n in self.failed_by_reason.items()]
+        lines += reason_lines(self.failed_by_reason)
         lines += [
             f"  rate             {self.answered / seconds:>10,.1f} queries/s, "
             f"{self.matches / seconds:,.1f} matches/s",
             f"  pages            {self.pages:>10,}  ({self.splits:,} searches split past a cap)",
-            f"  requests         {self.requests:>10,}  ({self.retries:,} retried, "
-            f"{self.throttled_seconds:,.1f} s backing off)",
+            request_line(self.requests, self.retries, self.throttled_seconds),
         ]
         if outputs:
             lines.append(f"  outputs          {outputs}")
@@ -243,11 +253,7 @@ class DeleteSummary:
             requests=counters.get(metrics.HTTP_REQUESTS, 0),
             retries=counters.get(metrics.HTTP_RETRIES, 0),
             throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
-            failed_by_reason={
-                name[len(metrics.FAILED_PREFIX) :]: value
-                for name, value in sorted(counters.items())
-                if name.startswith(metrics.FAILED_PREFIX) and value
-            },
+            failed_by_reason=failed_by_reason(counters),
             note=note,
         )
 
@@ -262,12 +268,11 @@ class DeleteSummary:
             f"  already absent   {self.already_absent:>10,}",
             f"  failed           {self.failed:>10,}",
         ]
-        lines += [f"    {reason:<22}{n:>8,}" for reason, n in self.failed_by_reason.items()]
+        lines += reason_lines(self.failed_by_reason)
         lines += [
             f"  throughput       {self.deleted / seconds:>10,.1f} targets/s",
             f"  operations       {self.operations:>10,}  ({self.polls:,} polls)",
-            f"  requests         {self.requests:>10,}  ({self.retries:,} retried, "
-            f"{self.throttled_seconds:,.1f} s backing off)",
+            request_line(self.requests, self.retries, self.throttled_seconds),
         ]
         if outputs:
             lines.append(f"  outputs          {outputs}")
@@ -301,11 +306,7 @@ class RetrieveSummary:
             requests=counters.get(metrics.HTTP_REQUESTS, 0),
             retries=counters.get(metrics.HTTP_RETRIES, 0),
             throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
-            failed_by_reason={
-                name[len(metrics.FAILED_PREFIX) :]: value
-                for name, value in sorted(counters.items())
-                if name.startswith(metrics.FAILED_PREFIX) and value
-            },
+            failed_by_reason=failed_by_reason(counters),
         )
 
     def render(self, outputs: str = "") -> str:
@@ -317,12 +318,11 @@ class RetrieveSummary:
             f"  already complete {self.already_complete:>10,}",
             f"  failed           {self.failed:>10,}",
         ]
-        lines += [f"    {reason:<22}{n:>8,}" for reason, n in self.failed_by_reason.items()]
+        lines += reason_lines(self.failed_by_reason)
         lines += [
             f"  throughput       {self.retrieved / seconds:>10,.1f} files/s, "
             f"{self.bytes_retrieved / 1e6 / seconds:,.1f} MB/s",
-            f"  requests         {self.requests:>10,}  ({self.retries:,} retried, "
-            f"{self.throttled_seconds:,.1f} s backing off)",
+            request_line(self.requests, self.retries, self.throttled_seconds),
         ]
         if outputs:
             lines.append(f"  outputs          {outputs}")
