@@ -37,11 +37,16 @@ def _rows(prefix: Path, name: str) -> list[dict[str, Any]]:
 
 
 def _counts(summary: Any) -> dict[str, Any]:
-    """The summary's counts, without its timings."""
+    """The summary's outcome counts, without its timings and request count.
+
+    The number of HTTP requests depends on how the work spreads over worker processes: what a
+    process learns is per process (the retrieve client's switch to multipart after Orthanc
+    refuses single-part, for one), so two workers may each pay one request to learn it.
+    """
     return {
         k: v
         for k, v in dataclasses.asdict(summary).items()
-        if not k.endswith("seconds") and k != "elapsed_seconds"
+        if not k.endswith("seconds") and k not in ("elapsed_seconds", "requests")
     }
 
 
