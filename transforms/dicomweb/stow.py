@@ -149,7 +149,12 @@ class _StudyCache:
 
 
 class StowClient:
-    """Stores batches through one session; safe to share between threads."""
+    """Stores batches through one session; safe to share between threads.
+
+    ``build_request`` is the extension point: a subclass that sends another body (the JSON +
+    JPEG clients of ``stow_json``) overrides it and keeps everything else (existence checks,
+    retries, per-instance outcomes, already-present handling).
+    """
 
     def __init__(
         self,
@@ -166,6 +171,15 @@ class StowClient:
         self._clock = clock
         self._rng = rng
         self._existing = _StudyCache()
+
+    @property
+    def config(self) -> StowConfig:
+        return self._config
+
+    @property
+    def opener(self) -> Opener | None:
+        """How source files are opened (local or through Beam's FileSystems)."""
+        return self._opener
 
     def store(self, batch: StowBatch, *, check_existing: bool | None = None) -> StoreReport:
         """One outcome per file of the batch and per duplicate it carries; never raises.
@@ -243,7 +257,7 @@ class StowClient:
     def _send(
         self, study: str, files: list[DicomFile], report: StoreReport, *, prior_attempts: int
     ) -> None:
-        url, headers, body = self._request(study, files)
+        url, headers, body = self.build_request(study, files)
         report.requests += 1
         try:
             resp = http.send(
@@ -298,9 +312,10 @@ class StowClient:
             return
         self._interpret(study, files, resp, report, prior_attempts + resp.attempts)
 
-    def _request(
+    def build_request(
         self, study: str, files: list[DicomFile]
     ) -> tuple[str, dict[str, str], Callable[[], StreamingBody]]:
+        """URL, headers and a body factory (called again for each attempt) for one batch."""
         headers = {"Accept": _ACCEPT}
         if self._config.storage_class:
             headers["Storage-Class"] = self._config.storage_class

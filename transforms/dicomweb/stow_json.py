@@ -21,7 +21,7 @@ kept byte for byte apart from the boundary and the number of images)::
 Each instance carries SpecificCharacterSet ``ISO_IR 192``, its TransferSyntaxUID and one
 BulkDataURI (PixelData), unique within the request. JPEGs are streamed from their files.
 
-Both are ``StowClient``s with their own request body (``_request``): everything else (existing
+Both are ``StowClient``s with their own request body (``build_request``): everything else (existing
 instances skipped, retries, per-instance outcomes, a refused batch split into single requests,
 already-present handling) is the store's own logic.
 """
@@ -105,11 +105,11 @@ def as_dicom_file(pair: PreparedInstance, size: int | None = None) -> DicomFile:
 class _PairStowClient(StowClient):
     """A ``StowClient`` for prepared pairs: ``store_pairs`` keeps each pair at hand (keyed by
     its JPEG path) while the inherited logic sends, retries, splits and reads answers, and
-    ``_request`` (the seam) lays out the body. Safe to share between threads."""
+    ``build_request`` (the seam) lays out the body. Safe to share between threads."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self._config.single_part:
+        if self.config.single_part:
             raise ValueError("pairs are sent as multipart: single_part does not apply")
         self._in_flight: dict[str, tuple[PreparedInstance, bytes | None]] = {}
         self._lock = threading.Lock()
@@ -141,12 +141,12 @@ class _PairStowClient(StowClient):
 
     def _headers(self, content_type: str) -> dict[str, str]:
         headers = {"Accept": ACCEPT, "Content-Type": content_type}
-        if self._config.storage_class:
-            headers["Storage-Class"] = self._config.storage_class
+        if self.config.storage_class:
+            headers["Storage-Class"] = self.config.storage_class
         return headers
 
     def _body(self, segments: Sequence[Segment]) -> Callable[[], StreamingBody]:
-        opener = self._opener
+        opener = self.opener
 
         def body() -> StreamingBody:
             return StreamingBody(segments, **({"opener": opener} if opener else {}))
@@ -157,14 +157,14 @@ class _PairStowClient(StowClient):
 class JsonJpegStowClient(_PairStowClient):
     """Server mode: the store creates the instances from DICOM JSON + JPEG requests."""
 
-    def _request(
+    def build_request(
         self, study: str, files: list[DicomFile]
     ) -> tuple[str, dict[str, str], Callable[[], StreamingBody]]:
         pairs = [pair for pair, _ in self._pending(files)]
         boundary = new_boundary()
         headers = self._headers(request_content_type(boundary))
         body = self._body(json_jpeg_segments(pairs, boundary))
-        return self._config.endpoint.study_url(study), headers, body
+        return self.config.endpoint.study_url(study), headers, body
 
 
 class Part10StowClient(_PairStowClient):
@@ -179,7 +179,7 @@ class Part10StowClient(_PairStowClient):
         failed: list[DeadLetter] = []
         for pair in pairs:
             try:
-                built.append((pair, build_from_file(pair, self._opener or _open_local)))
+                built.append((pair, build_from_file(pair, self.opener or _open_local)))
             except InvalidInputError as exc:
                 failed.append(_build_failed(pair, exc.reason, exc.message))
             except OSError as exc:
@@ -190,7 +190,7 @@ class Part10StowClient(_PairStowClient):
                 failed.append(_build_failed(pair, Reason.BUILD_FAILED, why))
         return built, failed
 
-    def _request(
+    def build_request(
         self, study: str, files: list[DicomFile]
     ) -> tuple[str, dict[str, str], Callable[[], StreamingBody]]:
         instances = [data or b"" for _, data in self._pending(files)]
@@ -201,7 +201,7 @@ class Part10StowClient(_PairStowClient):
         )
         segments = list(body._segments)  # noqa: SLF001 - the same layout, rebuilt per attempt
         return (
-            self._config.endpoint.study_url(study),
+            self.config.endpoint.study_url(study),
             self._headers(content_type),
             self._body(segments),
         )
