@@ -84,7 +84,7 @@ def check_store(
     """One search with limit=1: proves the URL, the credentials and the permission to read."""
     url = DicomwebEndpoint.redacted(endpoint.base_url)
     try:
-        session = session_factory() if session_factory else make_session(auth, pool_size=1)
+        session = make_session(auth, pool_size=1, factory=session_factory)
     except Exception as exc:
         raise PreflightError(f"cannot set up {auth.kind} credentials: {exc}") from None
     policy = http.RetryPolicy(max_attempts=3, initial_backoff=0.5, timeout=(10.0, 30.0))

@@ -99,10 +99,7 @@ class _PooledFn(beam.DoFn):
 
     def _create(self) -> _Shared:
         pool_size = self._max_concurrency + self._max_operations
-        if self._session_factory is not None:
-            session = self._session_factory()
-        else:
-            session = make_session(self._auth, pool_size=pool_size)
+        session = make_session(self._auth, pool_size=pool_size, factory=self._session_factory)
         return _Shared(
             session,
             DeleteClient(session, self._config),

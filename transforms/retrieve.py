@@ -241,10 +241,9 @@ class _RetrieveFn(beam.DoFn):
         self._inflight: InFlight[Any] = InFlight()
 
     def _create(self) -> _Shared:
-        if self._session_factory is not None:
-            session = self._session_factory()
-        else:
-            session = make_session(self._auth, pool_size=self._max_concurrency)
+        session = make_session(
+            self._auth, pool_size=self._max_concurrency, factory=self._session_factory
+        )
         files = OutputFiles(self._output)
         retriever = Retriever(session, self._config, files)
         executor = concurrent.futures.ThreadPoolExecutor(

@@ -152,10 +152,9 @@ class _SearchFn(beam.DoFn):
         self._inflight: InFlight[Any] = InFlight()
 
     def _create(self) -> _Shared:
-        if self._session_factory is not None:
-            session = self._session_factory()
-        else:
-            session = make_session(self._auth, pool_size=self._max_concurrency)
+        session = make_session(
+            self._auth, pool_size=self._max_concurrency, factory=self._session_factory
+        )
         executor = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="qido"
         )

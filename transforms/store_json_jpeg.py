@@ -247,10 +247,9 @@ class _PairStowFn(beam.DoFn):
         self._inflight: InFlight[Any] = InFlight()
 
     def _create(self) -> _Shared:
-        if self._session_factory is not None:
-            session = self._session_factory()
-        else:
-            session = make_session(self._auth, pool_size=self._max_concurrency)
+        session = make_session(
+            self._auth, pool_size=self._max_concurrency, factory=self._session_factory
+        )
         kind = Part10StowClient if self._mode == "client" else JsonJpegStowClient
         client = kind(session, self._config, opener=open_source)
         executor = concurrent.futures.ThreadPoolExecutor(

@@ -89,10 +89,9 @@ class _SharedClientFn(beam.DoFn):
         self._shared: _Shared | None = None
 
     def _create(self) -> _Shared:
-        if self._session_factory is not None:
-            session = self._session_factory()
-        else:
-            session = make_session(self._auth, pool_size=self._max_concurrency)
+        session = make_session(
+            self._auth, pool_size=self._max_concurrency, factory=self._session_factory
+        )
         client = StowClient(session, self._config, opener=open_source)
         executor = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="stow"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,8 +182,19 @@ class _Adapter(requests.adapters.HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": _CaretPool, "https": _CaretHTTPSPool}
 
 
-def make_session(auth: AuthConfig, *, pool_size: int = 8) -> requests.Session:
-    """A pooled session: keep-alive connections, no retries of its own (ours are smarter)."""
+def make_session(
+    auth: AuthConfig,
+    *,
+    pool_size: int = 8,
+    factory: Callable[[], requests.Session] | None = None,
+) -> requests.Session:
+    """A pooled session: keep-alive connections, no retries of its own (ours are smarter).
+
+    ``factory``, when given, makes the session instead (the transforms' ``session_factory``:
+    tests point it at a stand-in or a proxy).
+    """
+    if factory is not None:
+        return factory()
     session = requests.Session()
     adapter = _Adapter(pool_connections=4, pool_maxsize=max(pool_size, 1), max_retries=0)
     session.mount("http://", adapter)
