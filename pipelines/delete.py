@@ -13,18 +13,20 @@ Selection: ``--uids_file`` (lines ``study[/series[/instance]]`` or ``pipelines.s
 is deleted), or ``--all`` (every study; with ``--level``, every series or instance). Without any
 of them the job refuses to run.
 
-Two phases, each a Beam pipeline:
+One Beam pipeline (one Dataflow job; the launcher makes no request with ``--no_preflight``):
 
 1. **Plan**: every selected target (duplicates merged) is searched once; ``OUTPUT/plan-*.jsonl``
    gets one line per target with its UIDs, level, the number of instances the store holds, and
    ``to_delete`` or ``already_absent``. ``--plan_only`` stops here.
-2. **Delete** (needs ``--yes``; refused with exit 2, deleting nothing, when the plan has more than
-   ``--max_targets`` targets to delete): the plan file is read back and executed.
-   ``OUTPUT/deleted-*.jsonl`` gets a line per target gone (``deleted`` or ``already_absent``),
-   ``OUTPUT/dead_letter-*.jsonl`` one per target that could not be deleted.
+2. **Gate** (deleting needs ``--yes``): the targets to delete are counted, and the count is a side
+   input of the deletes: past ``--max_targets`` not one DELETE is sent, each target to delete is
+   an ``over_max_targets`` dead letter, and the job exits 2.
+3. **Delete**: ``OUTPUT/deleted-*.jsonl`` gets a line per target gone (``deleted`` or
+   ``already_absent``), ``OUTPUT/dead_letter-*.jsonl`` one per target that could not be deleted
+   (and per failed search).
 
 Exit codes: 0 every target is gone (or the selection is empty), 3 some dead letters, 2 bad options,
-a failed preflight, or a refusal.
+a failed preflight, or a refusal (no ``--yes``, past ``--max_targets``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -58,7 +60,7 @@ from transforms.dicomweb.auth import AuthConfig
 from transforms.dicomweb.delete import DeleteConfig
 from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.errors import InvalidInputError
-from transforms.records import PLAN_TO_DELETE, PlannedDelete, SearchMatch
+from transforms.records import SearchMatch
 from transforms.search import SearchDicomStore
 from transforms.targets import STUDIES, Target, parse_level, parse_target_line
 
@@ -255,8 +257,11 @@ def _selected(
     return named.targets, [queries.failed, found.failed, named.failed]
 
 
-def build_plan(pipeline: beam.Pipeline, settings: DeleteSettings) -> None:
-    selected, selection_failed = _selected(pipeline, settings)
+def build(pipeline: beam.Pipeline, settings: DeleteSettings) -> None:
+    """One pipeline: select -> plan (written to plan-*.jsonl) -> count the targets to delete (a
+    side input) -> gate on --max_targets -> delete -> deleted-*.jsonl; every failure to
+    dead_letter-*.jsonl. With --plan_only the graph stops after the plan."""
+    selected, failed = _selected(pipeline, settings)
     plan = selected | "PlanDeletes" >> PlanDeletes(
         settings.config,
         auth=settings.auth,
@@ -268,51 +273,25 @@ def build_plan(pipeline: beam.Pipeline, settings: DeleteSettings) -> None:
         | "PlanToJson" >> beam.Map(lambda r: r.to_json())
         | "WritePlan" >> _write(settings.output, "plan")
     )
+    failed.append(plan.failed)
+    if not settings.plan_only:
+        # The gate counts the whole plan before the first DELETE: the check needs the store, so
+        # it runs in the pipeline, and the launcher makes no request with --no_preflight.
+        result = plan.planned | "DeleteFromDicomStore" >> DeleteFromDicomStore(
+            settings.config,
+            auth=settings.auth,
+            max_concurrency=settings.max_concurrency,
+            max_operations=settings.max_operations,
+            max_targets=settings.max_targets,
+        )
+        _ = (
+            result.deleted
+            | "DeletedToJson" >> beam.Map(lambda r: r.to_json())
+            | "WriteDeleted" >> _write(settings.output, "deleted")
+        )
+        failed.append(result.failed)
     _ = (
-        (plan.failed, *selection_failed)
-        | "AllPlanDeadLetters" >> beam.Flatten()
-        | "PlanDeadLettersToJson" >> beam.Map(lambda r: r.to_json())
-        | "WritePlanDeadLetters" >> _write(settings.output, "dead_letter-plan")
-    )
-
-
-class _ParsePlanFn(beam.DoFn):
-    """A plan line -> PlannedDelete; a line that does not read (the plan was edited by hand) is a
-    dead letter, not a failed bundle and never a delete."""
-
-    def process(self, line: str) -> Iterator[object]:
-        try:
-            yield PlannedDelete.from_json(line)
-        except (ValueError, KeyError, TypeError) as exc:
-            letter = DeadLetter(
-                stage=Stage.PLAN,
-                source="plan",
-                reason=Reason.UNREADABLE,
-                message=f"a plan line does not read ({type(exc).__name__}); nothing deleted for it",
-            )
-            metrics.count_dead_letter(letter)
-            yield beam.pvalue.TaggedOutput("failed", letter)
-
-
-def build_delete(pipeline: beam.Pipeline, settings: DeleteSettings) -> None:
-    plan = (
-        pipeline
-        | "ReadPlan" >> beam.io.ReadFromText(f"{settings.output}/plan-*.jsonl")
-        | "ParsePlan" >> beam.ParDo(_ParsePlanFn()).with_outputs("failed", main="planned")
-    )
-    result = plan.planned | "DeleteFromDicomStore" >> DeleteFromDicomStore(
-        settings.config,
-        auth=settings.auth,
-        max_concurrency=settings.max_concurrency,
-        max_operations=settings.max_operations,
-    )
-    _ = (
-        result.deleted
-        | "DeletedToJson" >> beam.Map(lambda r: r.to_json())
-        | "WriteDeleted" >> _write(settings.output, "deleted")
-    )
-    _ = (
-        (result.failed, plan.failed)
+        failed
         | "AllDeadLetters" >> beam.Flatten()
         | "DeadLettersToJson" >> beam.Map(lambda r: r.to_json())
         | "WriteDeadLetters" >> _write(settings.output, "dead_letter")
@@ -323,20 +302,6 @@ def _write(prefix: str, name: str) -> beam.PTransform:
     return beam.io.WriteToText(
         f"{prefix}/{name}", file_name_suffix=".jsonl", shard_name_template="-SSSSS-of-NNNNN"
     )
-
-
-def _plan_counts(prefix: str) -> tuple[int, int]:
-    """(to delete, already absent) read back from the plan files."""
-    to_delete = absent = 0
-    for match in FileSystems.match([f"{prefix}/plan-*.jsonl"])[0].metadata_list:
-        with FileSystems.open(match.path) as f:
-            for raw in f:
-                if raw.strip():
-                    if PlannedDelete.from_json(raw.decode("utf-8")).status == PLAN_TO_DELETE:
-                        to_delete += 1
-                    else:
-                        absent += 1
-    return to_delete, absent
 
 
 @dataclass(frozen=True)
@@ -353,20 +318,12 @@ class DeleteRun:
         return EXIT_OK if self.summary.failed == 0 else EXIT_DEAD_LETTERS
 
 
-def _run_pipeline(
-    options: PipelineOptions, build: Callable[[beam.Pipeline], None]
-) -> dict[str, int]:
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline)
-    result = pipeline.run()
-    result.wait_until_finish()
-    return counter_values(result)
-
-
 def run(argv: Sequence[str] | None = None) -> DeleteRun | None:
-    """Validate, preflight, plan, maybe delete, and summarise; None when --help was printed.
+    """Validate, preflight, then run the one pipeline (plan, gate, deletes) and summarise from its
+    metrics; None when --help was printed.
 
-    Raises ValueError (UsageError among them) or PreflightError.
+    Raises ValueError (UsageError among them), PreflightError, or MetricsUnavailable (a runner
+    that reports no metrics, e.g. a Dataflow --dry_run).
     """
     options = parse_options(argv, SPEC)
     if options is None:
@@ -375,27 +332,31 @@ def run(argv: Sequence[str] | None = None) -> DeleteRun | None:
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "FnApiRunner"  # as pipelines.store: no Prism
     if FileSystems.match([f"{settings.output}/plan-*.jsonl"])[0].metadata_list:
-        # The delete phase executes the plan files under OUTPUT: an old plan must never mix in.
+        # One run per prefix: another run's plan shards there would read as this run's plan.
         raise UsageError(f"{settings.output} already holds a plan; give a new --output")
     if settings.uids_file:
-        check_uids_file(settings.uids_file, settings.level)
+        check_uids_file(settings.uids_file, settings.level)  # a local or gs:// file, not the store
     if settings.preflight:
         preflight.check_store(settings.config.endpoint, settings.auth)
     start = time.monotonic()
-    counters = _run_pipeline(options, lambda p: build_plan(p, settings))
-    to_delete, absent = _plan_counts(settings.output)
-    plan_seconds = time.monotonic() - start
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, settings)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = counter_values(result)
+    to_delete = counters.get(metrics.TARGETS_TO_DELETE, 0)
+    absent = counters.get(metrics.TARGETS_PLANNED_ABSENT, 0)
+    refused = counters.get(metrics.FAILED_PREFIX + Reason.OVER_MAX_TARGETS, 0)
 
-    def finish(note: str, refused: str | None = None) -> DeleteRun:
+    def finish(note: str, refusal: str | None = None) -> DeleteRun:
         summary = DeleteSummary.from_counters(
             counters,
             time.monotonic() - start,
-            plan_seconds=plan_seconds,
             to_delete=to_delete,
             planned_absent=absent,
             note=note,
         )
-        return DeleteRun(settings, summary, refused, counters)
+        return DeleteRun(settings, summary, refusal, counters)
 
     if to_delete + absent == 0:
         if counters.get(metrics.DEAD_LETTERS):
@@ -403,15 +364,13 @@ def run(argv: Sequence[str] | None = None) -> DeleteRun | None:
         return finish("the selection is empty: nothing to delete")
     if settings.plan_only:
         return finish(f"plan only: {to_delete:,} targets would be deleted; nothing deleted")
-    if to_delete > settings.max_targets:
+    if refused:
         return finish(
-            "refused",
-            refused=f"the plan has {to_delete:,} targets to delete, more than --max_targets "
-            f"{settings.max_targets:,}; nothing deleted (see {settings.output}/plan-*.jsonl)",
+            "deleting refused: nothing deleted",
+            refusal=f"the plan has {to_delete:,} targets to delete, more than --max_targets "
+            f"{settings.max_targets:,}; nothing deleted: each is an over_max_targets dead letter "
+            f"(see {settings.output}/plan-*.jsonl)",
         )
-    deleting = _run_pipeline(options, lambda p: build_delete(p, settings))
-    for name, value in deleting.items():
-        counters[name] = counters.get(name, 0) + value
     return finish("")
 
 

@@ -208,10 +208,9 @@ class SearchSummary:
 # delete family (pipelines/delete.py) ----------------------------------------------------------
 @dataclass(frozen=True)
 class DeleteSummary:
-    """Counts of both phases of a delete run: the plan (searches), then the deletes."""
+    """Counts of a delete run: the plan (searches), the gate, then the deletes."""
 
     elapsed_seconds: float
-    plan_seconds: float = 0.0
     to_delete: int = 0
     planned_absent: int = 0
     deleted: int = 0
@@ -235,14 +234,12 @@ class DeleteSummary:
         counters: dict[str, int],
         elapsed_seconds: float,
         *,
-        plan_seconds: float,
         to_delete: int,
         planned_absent: int,
         note: str = "",
     ) -> DeleteSummary:
         return cls(
             elapsed_seconds=elapsed_seconds,
-            plan_seconds=plan_seconds,
             to_delete=to_delete,
             planned_absent=planned_absent,
             deleted=counters.get(metrics.TARGETS_DELETED, 0),
@@ -263,7 +260,7 @@ class DeleteSummary:
             f"delete finished in {self.elapsed_seconds:.1f} s"
             + (f": {self.note}" if self.note else ""),
             f"  plan             {self.to_delete:>10,} to delete, "
-            f"{self.planned_absent:,} already absent ({self.plan_seconds:.1f} s)",
+            f"{self.planned_absent:,} already absent",
             f"  deleted          {self.deleted:>10,}  ({self.instances_deleted:,} instances)",
             f"  already absent   {self.already_absent:>10,}",
             f"  failed           {self.failed:>10,}",

@@ -51,6 +51,7 @@ class Reason:
     OPERATION_TIMEOUT = "operation_timeout"
     STILL_PRESENT = "still_present"
     AMBIGUOUS_TARGET = "ambiguous_target"
+    OVER_MAX_TARGETS = "over_max_targets"  # the plan holds more than max_targets: none deleted
     # JSON + JPEG pairs (pipelines.store_json_jpeg)
     NOT_JPEG = "not_jpeg"
     PROGRESSIVE_JPEG = "progressive_jpeg"

@@ -3,11 +3,15 @@
     planned = targets | PlanDeletes(DeleteConfig(endpoint), auth=auth)
     planned.planned   # PlannedDelete: to_delete (with its instance count) or already_absent
     planned.failed    # DeadLetter: the search for it failed
-    result = planned.planned | DeleteFromDicomStore(DeleteConfig(endpoint), auth=auth)
+    result = planned.planned | DeleteFromDicomStore(
+        DeleteConfig(endpoint), auth=auth, max_targets=1000)
     result.deleted    # DeletedTarget: deleted now, or already absent
     result.failed     # DeadLetter: refused, unsupported, operation failed or timed out, ...
 
-Every target ends in exactly one of ``deleted``/``failed``. A worker process keeps at most
+Every target ends in exactly one of ``deleted``/``failed``. With ``max_targets`` the deletes are
+gated inside the pipeline: the number of targets to delete is counted first (a side input), and
+past the limit not one DELETE is sent: each target to delete becomes an ``over_max_targets`` dead
+letter (already absent ones still pass through, with no request). A worker process keeps at most
 ``max_concurrency`` plain requests (instance deletes, searches, Orthanc REST deletes) and at most
 ``max_operations`` study/series deletes (each from its DELETE until its long-running operation is
 done) in flight, over one pooled session shared by the DoFn instances of the process.
@@ -201,6 +205,8 @@ class _PlanFn(_PooledFn):
         for outcome in report.outcomes:
             if isinstance(outcome, PlannedDelete):
                 metrics.inc(metrics.TARGETS_PLANNED)
+                absent = outcome.status != PLAN_TO_DELETE
+                metrics.inc(metrics.TARGETS_PLANNED_ABSENT if absent else metrics.TARGETS_TO_DELETE)
             yield isinstance(outcome, DeadLetter), outcome
 
     def _unexpected(self, element: Any, exc: Exception) -> Report:
@@ -239,6 +245,63 @@ class _DeleteFn(_PooledFn):
     def _unexpected(self, element: Any, exc: Exception) -> Report:
         target = target_of(element.uids, element.level)
         return DeleteReport(_unexpected_letter(self._config, target, Stage.DELETE, exc), Tally())
+
+
+def is_refused(to_delete: int, max_targets: int) -> bool:
+    """The safety policy: more targets to delete than the user allowed refuses them all."""
+    return to_delete > max_targets
+
+
+class _GateFn(beam.DoFn):
+    """Lets a planned target through to its DELETE, or (past ``max_targets``, counted over the
+    whole plan and given as a side input) turns each target to delete into a dead letter."""
+
+    def __init__(self, endpoint: DicomwebEndpoint, max_targets: int) -> None:
+        self._endpoint = endpoint
+        self._max_targets = max_targets
+
+    def process(self, planned: PlannedDelete, to_delete: int) -> Iterator[object]:
+        if planned.status != PLAN_TO_DELETE or not is_refused(to_delete, self._max_targets):
+            yield planned
+            return
+        target = target_of(planned.uids, planned.level)
+        letter = DeadLetter(
+            stage=Stage.DELETE,
+            source=DicomwebEndpoint.redacted(target_url(self._endpoint, target)),
+            reason=Reason.OVER_MAX_TARGETS,
+            message=f"not deleted: the plan has {to_delete:,} targets to delete, more than "
+            f"max_targets {self._max_targets:,}, so none of them was deleted",
+            uids=planned.uids,
+        )
+        metrics.count_dead_letter(letter)
+        progress.for_label("delete").add(failed=1)
+        yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
+
+
+class GateDeletes(beam.PTransform):
+    """``PlannedDelete`` PCollection -> ``PlanResult(planned, failed)``: all of them, or (when more
+    than ``max_targets`` are ``to_delete``) only the ``already_absent`` ones, the others as
+    ``over_max_targets`` dead letters. Nothing downstream starts before the whole plan is counted:
+    the count is a side input of the gate."""
+
+    def __init__(self, endpoint: DicomwebEndpoint, max_targets: int) -> None:
+        super().__init__()
+        if max_targets < 0:
+            raise ValueError("max_targets must not be negative")
+        self._endpoint = endpoint
+        self._max_targets = max_targets
+
+    def expand(self, planned: beam.PCollection) -> PlanResult:
+        to_delete = (
+            planned
+            | "ToDelete" >> beam.Filter(lambda p: p.status == PLAN_TO_DELETE)
+            | "CountToDelete" >> beam.combiners.Count.Globally()
+        )
+        gated = planned | "Gate" >> beam.ParDo(
+            _GateFn(self._endpoint, self._max_targets),
+            to_delete=beam.pvalue.AsSingleton(to_delete),
+        ).with_outputs(FAILED_TAG, main="planned")
+        return PlanResult(planned=gated.planned, failed=gated[FAILED_TAG])
 
 
 def _group_key(target: Target) -> tuple[str, Target]:
@@ -338,13 +401,30 @@ class DeleteFromDicomStore(_Pooled):
       max_operations: study/series deletes in flight per worker process at most, each from its
         DELETE until its operation is done (Google asks for few at once).
       session_factory: builds the HTTP session instead of ``auth`` (tests, custom transports).
+      max_targets: when given, nothing is deleted if more than this many targets are
+        ``to_delete`` (see ``GateDeletes``; the check runs inside the pipeline).
     """
 
+    def __init__(
+        self, config: DeleteConfig, *, max_targets: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(config, **kwargs)
+        self._max_targets = max_targets
+
     def expand(self, planned: beam.PCollection) -> DeleteResult:
+        refused: list[beam.PCollection] = []
+        if self._max_targets is not None:
+            gated = planned | "GateOnMaxTargets" >> GateDeletes(
+                self._config.endpoint, self._max_targets
+            )
+            planned, refused = gated.planned, [gated.failed]
         sent = (
             planned
             | "SpreadTargets" >> beam.Reshuffle()
             | "DeleteTargets"
             >> beam.ParDo(self._fn(_DeleteFn)).with_outputs(FAILED_TAG, main="deleted")
         )
-        return DeleteResult(deleted=sent.deleted, failed=sent[FAILED_TAG])
+        if not refused:
+            return DeleteResult(deleted=sent.deleted, failed=sent[FAILED_TAG])
+        failed = (sent[FAILED_TAG], *refused) | "AllDeleteFailures" >> beam.Flatten()
+        return DeleteResult(deleted=sent.deleted, failed=failed)

@@ -28,6 +28,8 @@ TARGETS_ALREADY_ABSENT = "targets_already_absent"
 INSTANCES_DELETED = "instances_deleted"
 OPERATIONS = "operations"
 OPERATION_POLLS = "operation_polls"
+TARGETS_TO_DELETE = "targets_to_delete"  # planned: present in the store
+TARGETS_PLANNED_ABSENT = "targets_planned_absent"  # planned: the store does not hold it
 # JSON + JPEG pairs (pipelines.store_json_jpeg)
 PAIRS_VALID = "pairs_valid"
 INSTANCES_BUILT = "instances_built"

@@ -151,9 +151,37 @@ def test_refuses_past_max_targets_and_deletes_nothing(
     argv += ["--delete_api", "orthanc"]
     code = delete.main(_argv(orthanc.dicomweb_url, tmp_path / "o", *argv))
     assert code == delete.EXIT_USAGE
-    assert "more than --max_targets 2" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "the plan has 3 targets to delete, more than --max_targets 2" in captured.err
+    assert "deleting refused: nothing deleted" in captured.out
+    assert "over_max_targets" in captured.out
     assert _in_store(orthanc) == set(store)
-    assert len(_lines(tmp_path / "o", "plan")) == 3  # the plan is written first
+    assert len(_lines(tmp_path / "o", "plan")) == 3  # the plan is written all the same
+    # One pipeline: the gate inside it turned each target to delete into one dead letter.
+    letters = _lines(tmp_path / "o", "dead_letter")
+    assert sorted(d["sop_uid"] for d in letters) == sorted(k[2] for k in store[:3])
+    assert {(d["stage"], d["reason"]) for d in letters} == {("delete", "over_max_targets")}
+    assert all("3 targets to delete, more than max_targets 2" in d["message"] for d in letters)
+    assert _lines(tmp_path / "o", "deleted") == []
+
+
+def test_the_gate_counts_only_targets_to_delete_and_allows_the_limit(
+    orthanc: LocalOrthanc, store: list[Key], tmp_path: Path
+) -> None:
+    """Two targets present and one absent with --max_targets 2: exactly at the limit, deleted;
+    with --max_targets 1 the two are refused while the absent one still passes through."""
+    lines = ["/".join(store[0]), "/".join(store[1]), f"{store[0][0]}/{store[0][1]}/1.2.3.404"]
+    argv = ["--uids_file", _uids_file(tmp_path, lines), "--yes", "--delete_api", "orthanc"]
+    refused = delete.run(_argv(orthanc.dicomweb_url, tmp_path / "r", *argv, "--max_targets", "1"))
+    assert refused is not None and refused.exit_code == delete.EXIT_USAGE
+    assert (refused.summary.to_delete, refused.summary.planned_absent) == (2, 1)
+    assert refused.summary.failed_by_reason == {"over_max_targets": 2}
+    assert refused.summary.deleted == 0 and refused.summary.already_absent == 1
+    assert _in_store(orthanc) == set(store)
+    allowed = delete.run(_argv(orthanc.dicomweb_url, tmp_path / "a", *argv, "--max_targets", "2"))
+    assert allowed is not None and allowed.exit_code == delete.EXIT_OK
+    assert (allowed.summary.deleted, allowed.summary.already_absent) == (2, 1)
+    assert _in_store(orthanc) == set(store) - {store[0], store[1]}
 
 
 def test_without_delete_api_orthanc_answers_405_and_nothing_is_deleted(
@@ -334,40 +362,7 @@ def test_a_failed_plan_deletes_nothing_and_exits_3(
     dead = "http://127.0.0.1:9/dicom-web"  # nothing listens: every search fails
     argv = ["--uids_file", _uids_file(tmp_path, ["1.2.3"]), "--yes", "--no_preflight"]
     assert delete.main(_argv(dead, tmp_path / "o", *argv, "--max_attempts", "1")) == 3
-    letters = _lines(tmp_path / "o", "dead_letter")  # dead_letter-plan-* is matched too
+    letters = _lines(tmp_path / "o", "dead_letter")
     assert [(d["stage"], d["reason"]) for d in letters] == [("plan", "retries_exhausted")]
     assert "the selection failed" in capsys.readouterr().out
-    assert not list((tmp_path / "o").glob("deleted-*"))
-
-
-def test_a_plan_line_that_does_not_read_is_a_dead_letter(tmp_path: Path) -> None:
-    import apache_beam as beam
-
-    from transforms.dicomweb.auth import AuthConfig
-    from transforms.dicomweb.delete import DeleteConfig
-    from transforms.dicomweb.endpoint import DicomwebEndpoint
-
-    out = tmp_path / "o"
-    out.mkdir()
-    absent = {"study_uid": "1.2.3", "series_uid": None, "sop_uid": None, "level": "studies"}
-    absent.update(instances=None, status="already_absent")
-    (out / "plan-00000-of-00001.jsonl").write_text(json.dumps(absent) + "\n{not json\n")
-    settings = delete.DeleteSettings(
-        output=str(out),
-        config=DeleteConfig(DicomwebEndpoint("http://127.0.0.1:9/dicom-web")),
-        auth=AuthConfig(),
-        uids_file=None,
-        level=None,
-        selection=None,
-        plan_only=False,
-        max_targets=10,
-        max_concurrency=1,
-        max_operations=1,
-        preflight=False,
-    )
-    with beam.Pipeline(runner="FnApiRunner") as p:
-        delete.build_delete(p, settings)
-    assert [d["status"] for d in _lines(out, "deleted")] == ["already_absent"]
-    assert [(d["stage"], d["reason"]) for d in _lines(out, "dead_letter")] == [
-        ("plan", "unreadable")
-    ]
+    assert _lines(tmp_path / "o", "deleted") == []  # one pipeline: the file is there, empty

@@ -33,8 +33,15 @@ EXPECTED = {
     "store": {"ReadDicomFiles", "WriteToDicomStore", "WriteStored", "WriteDeadLetters"},
     "search": {"SelectQueries", "SearchDicomStore", "WriteResults", "WriteDeadLetters"},
     "retrieve": {"ReadUidsFile", "RetrieveFromDicomStore", "WriteManifest", "WriteDeadLetters"},
-    # The plan phase: the deletes are a second pipeline, built once the plan is read back.
-    "delete": {"ReadUidsFile", "PlanDeletes", "WritePlan", "WritePlanDeadLetters"},
+    # One job: plan, the --max_targets gate (a side input inside DeleteFromDicomStore), deletes.
+    "delete": {
+        "ReadUidsFile",
+        "PlanDeletes",
+        "WritePlan",
+        "DeleteFromDicomStore",
+        "WriteDeleted",
+        "WriteDeadLetters",
+    },
     "store_json_jpeg": {"ReadJsonJpegPairs", "StoreJsonJpegPairs", "WriteResults"},
 }
 
@@ -130,6 +137,9 @@ def test_dataflow_dry_run_builds_a_clean_graph_offline(
     pipeline = dataflow_job.proto_pipeline
     labels = {t.unique_name.split("/")[0] for t in pipeline.components.transforms.values()}
     assert EXPECTED[job] <= labels
+    if job == "delete":
+        names = {t.unique_name for t in pipeline.components.transforms.values()}
+        assert "DeleteFromDicomStore/GateOnMaxTargets/CountToDelete" in names
     blobs = [*_blobs(pipeline), json.dumps(dataflow_job.json()).encode()]
     # The scan sees inside the pickled DoFns: the auth settings they carry name the variable.
     assert any(b"DWB_PLANTED_TOKEN" in b and b"transforms." in b for b in _blobs(pipeline))

@@ -159,3 +159,40 @@ def test_retrieve_delete_and_json_jpeg_give_the_same_outcome_on_every_runner(
     assert expected[3][1]["deleted"] == 1 and expected[5] == 0 and len(expected[6]) == 2
     for name, outcome in outcomes.items():
         assert outcome == expected, name
+
+
+def test_the_delete_gate_refuses_and_allows_alike_on_every_runner(
+    orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    """--max_targets is checked inside the one delete pipeline (a count as a side input): past it
+    every runner deletes nothing and dead-letters each target once; at it every runner deletes."""
+    paths = factory.write_ct_instances(tmp_path / "in", count=2, studies=2)
+    studies = sorted({str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID)
+                      for p in paths})  # fmt: skip
+    targets = tmp_path / "targets.txt"
+    targets.write_text("".join(f"{s}\n" for s in studies) + "1.2.3.404\n")
+    outcomes = {}
+    for name, extra in RUNNERS.items():
+        orthanc.delete_all()
+        _upload(orthanc, paths)
+        runs = []
+        for limit in ("1", "2"):
+            out = tmp_path / f"{name}-{limit}"
+            argv = ["--dicomweb_url", orthanc.dicomweb_url, "--uids_file", str(targets),
+                    "--yes", "--delete_api", "orthanc", "--max_targets", limit,
+                    "--output", str(out), *extra]  # fmt: skip
+            run = delete.run(argv)
+            assert run is not None
+            runs.append((
+                run.exit_code, _counts(run.summary), orthanc.instance_count(),
+                sorted((d["study_uid"], d["reason"]) for d in _rows(out, "dead_letter")),
+                sorted((d["study_uid"], d["status"]) for d in _rows(out, "deleted")),
+            ))  # fmt: skip
+        outcomes[name] = runs
+    refused, allowed = outcomes["default"]
+    assert refused[0] == delete.EXIT_USAGE and refused[2] == 2
+    assert refused[3] == [(s, "over_max_targets") for s in studies]
+    assert refused[4] == [("1.2.3.404", "already_absent")]
+    assert allowed[0] == delete.EXIT_OK and allowed[2] == 0 and allowed[1]["deleted"] == 2
+    for name, outcome in outcomes.items():
+        assert outcome == outcomes["default"], name
