@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "DeleteFromDicomStore": "transforms.delete",
     "DeleteResult": "transforms.results",
     "DeletedTarget": "transforms.records",
+    "GateDeletes": "transforms.delete",
     "PlanDeletes": "transforms.delete",
     "PlanResult": "transforms.results",
     "PlannedDelete": "transforms.records",
@@ -106,6 +107,7 @@ __all__ = [
     "DeleteFromDicomStore",
     "DeleteResult",
     "DeletedTarget",
+    "GateDeletes",
     "PlanDeletes",
     "PlanResult",
     "PlannedDelete",
@@ -145,7 +147,7 @@ if TYPE_CHECKING:  # search (QIDO-RS)
     from transforms.search import ReadQueries, SearchDicomStore
 
 if TYPE_CHECKING:  # delete
-    from transforms.delete import DeleteFromDicomStore, PlanDeletes
+    from transforms.delete import DeleteFromDicomStore, GateDeletes, PlanDeletes
     from transforms.dicomweb.delete import DeleteConfig
     from transforms.records import DeletedTarget, PlannedDelete
     from transforms.results import DeleteResult, PlanResult
