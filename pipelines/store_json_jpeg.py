@@ -43,11 +43,10 @@ from pipelines.options import (
 from pipelines.runner_checks import report_without_metrics
 from pipelines.summary import MetricsUnavailable, StoreSummary, counter_values
 from transforms import metrics
-from transforms.dicom import metadata_csv
+from transforms.dicom import dicom_json, metadata_csv
 from transforms.dicom.build import (
     DEFAULT_UID_ROOT,
     BuildOptions,
-    dataset_from_json,
     load_dicom_json,
     pixel_data_uri,
 )
@@ -165,7 +164,7 @@ def _read_template(path: str) -> dict[str, Any]:
         template = load_dicom_json(_read_text(path, "--template"))
         checked = {k: v for k, v in template.items() if not k.upper().startswith("0002")}
         checked.pop("7FE00010", None)
-        dataset_from_json(checked)
+        dicom_json.check(checked)
     except InvalidInputError as exc:
         raise ValueError(f"--template: {exc.message}") from None
     if pixel_data_uri(template):

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import io
 import json
-import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -37,6 +35,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, generate_uid
 
 from transforms.dead_letter import Reason
+from transforms.dicom import dicom_json
 from transforms.dicom.encode import encode_dataset, encode_file_meta
 from transforms.dicom.jpeg import JpegInfo
 from transforms.dicom.uid import check_uid
@@ -50,11 +49,6 @@ DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498"  # pydicom's root; use your organ
 MAX_UID_ROOT_LENGTH = 44  # leaves 20 digits of hash in a 64-character UID
 IMPLEMENTATION_VERSION = "DICOMWEB_BEAM_1"
 _UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-_TAG = re.compile(r"[0-9A-Fa-f]{8}")
-_VRS = frozenset(
-    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
-    "UN UR US UT UV".split()
-)
 # Tags and VRs of the attributes set here (DICOM JSON keys are tags).
 _TAGS = {
     "StudyInstanceUID": "0020000D",
@@ -196,7 +190,7 @@ def prepare(
     elements = {k.upper(): v for k, v in metadata.items()}
     declared_syntax = _pop_file_meta(elements)
     _pop_pixel_data(elements)
-    dataset_from_json(elements)  # the check only: the elements themselves are kept as given
+    dicom_json.check(elements)  # the check only: the elements themselves are kept as given
     generated: list[tuple[str, str]] = []
     for keyword in _UID_KEYWORDS:
         tag = _TAGS[keyword]
@@ -272,35 +266,9 @@ def _has_bulk_data(value: Any) -> bool:
     return False
 
 
-def _check_shape(elements: Any) -> None:
-    """What pydicom lets through: keys of 8 hex digits, objects with a known VR."""
-    if not isinstance(elements, dict):
-        raise ValueError("a dataset must be an object")
-    for tag, element in elements.items():
-        if not (isinstance(tag, str) and _TAG.fullmatch(tag)) or not isinstance(element, dict):
-            raise ValueError("tags must be 8 hex digits mapping to objects")
-        if element.get("vr") not in _VRS:
-            raise ValueError("unknown VR")
-        if element["vr"] == "SQ":
-            for item in element.get("Value") or []:
-                _check_shape(item)
-
-
 def dataset_from_json(elements: dict[str, Any]) -> Dataset:
     """pydicom's Dataset of DICOM JSON elements, or ``InvalidInputError(not_dicom_json)``."""
-    try:
-        _check_shape(elements)
-        with warnings.catch_warnings():
-            # pydicom's warnings quote values, which may be patient data.
-            warnings.simplefilter("ignore")
-            ds = Dataset.from_json(elements)  # converts every value (pydicom 3)
-    except Exception as exc:  # pydicom raises many types; all mean "not DICOM JSON"
-        raise InvalidInputError(
-            Reason.NOT_DICOM_JSON,
-            f"the metadata is not a valid DICOM JSON dataset ({type(exc).__name__}; tags must "
-            "be 8 hex digits with a vr and a Value list)",
-        ) from None
-    return ds
+    return cast(Dataset, dicom_json.from_json(elements))
 
 
 def _generate(
