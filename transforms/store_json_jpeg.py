@@ -207,7 +207,10 @@ class _PlanPairBatchesFn(beam.DoFn):
                 metrics.count_dead_letter(letter)
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
             else:
-                yield study, tuple(by_path[f.path] for f in item.files)
+                batch = tuple(by_path[f.path] for f in item.files)
+                # Keyed by its first SOP Instance UID (unique) for the grouping that spreads
+                # batches over workers (one step, where Reshuffle takes six).
+                yield batch[0].uids.sop, (study, batch)
 
 
 @dataclass
@@ -265,14 +268,15 @@ class _PairStowFn(beam.DoFn):
 
     def process(
         self,
-        batch: Batch,
+        element: tuple[str, Iterable[Batch]],
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[Any]:
         assert self._shared is not None
-        future = self._shared.executor.submit(self._shared.client.store_pairs, *batch)
-        self._inflight.add(future, (batch, window, timestamp))
-        yield from self._collect(keep=2 * self._max_concurrency)
+        for batch in element[1]:
+            future = self._shared.executor.submit(self._shared.client.store_pairs, *batch)
+            self._inflight.add(future, (batch, window, timestamp))
+            yield from self._collect(keep=2 * self._max_concurrency)
 
     def finish_bundle(self) -> Iterator[Any]:
         yield from self._collect(keep=0)
@@ -387,7 +391,7 @@ class StoreJsonJpegPairs(beam.PTransform):
         )
         sent = (
             planned.batches
-            | "SpreadBatches" >> beam.Reshuffle()
+            | "SpreadBatches" >> beam.GroupByKey()
             | "PostPairs"
             >> beam.ParDo(
                 _PairStowFn(

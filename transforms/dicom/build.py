@@ -21,6 +21,9 @@ which describe the picture, are shown.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import io
 import json
 from collections.abc import Mapping
@@ -121,7 +124,11 @@ class PreparedInstance:
       sop_class_uid: SOP Class UID.
       transfer_syntax_uid: from the JPEG's coding process.
       generated_uids: (keyword, UID) for each UID this run generated.
-      metadata_json: DICOM JSON of the dataset, without PixelData nor File Meta elements.
+      metadata_json: DICOM JSON of the dataset, without PixelData nor File Meta elements; ""
+        in a slim pair (``slim``), whose metadata is derived again from its JSON file when
+        needed (``complete``).
+      jpeg_info: what the JPEG's header said at validation.
+      json_digest: a digest of the JSON file's bytes at validation ("" in template mode).
     """
 
     source: str
@@ -133,6 +140,62 @@ class PreparedInstance:
     transfer_syntax_uid: str
     generated_uids: tuple[tuple[str, str], ...]
     metadata_json: str
+    jpeg_info: JpegInfo | None = None
+    json_digest: str = ""
+
+    @property
+    def is_slim(self) -> bool:
+        return not self.metadata_json
+
+
+def json_digest(data: bytes) -> str:
+    """A digest of a JSON file's bytes: its pair's metadata is derived again from the file only
+    if the file still has this digest."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def slim(pair: PreparedInstance) -> PreparedInstance:
+    """The pair without its metadata when it can be derived again from its JSON file: what
+    crosses a grouping stays small (a runner keeps every grouped element in memory)."""
+    if pair.json_path is None or not pair.json_digest or pair.jpeg_info is None:
+        return pair
+    return dataclasses.replace(pair, metadata_json="")
+
+
+def complete(pair: PreparedInstance, data: bytes) -> PreparedInstance:
+    """A slim pair with its metadata again, from its JSON file's bytes ``data``: the same
+    validation, with the UIDs and JPEG values found the first time.
+
+    Raises:
+      InvalidInputError: ``unreadable`` when the file changed since it was validated.
+    """
+    if not pair.is_slim:
+        return pair
+    if pair.jpeg_info is None or json_digest(data) != pair.json_digest:
+        raise InvalidInputError(Reason.UNREADABLE, "the JSON file changed since it was validated")
+    elements = load_dicom_json(data.decode("utf-8-sig"))
+    for keyword, value in pair.generated_uids:
+        elements[_TAGS[keyword]] = {"vr": "UI", "Value": [value]}
+    again = prepare(
+        elements,
+        pair.jpeg_info,
+        _options_for(pair.sop_class_uid),
+        source=pair.source,
+        json_path=pair.json_path,
+        jpeg_path=pair.jpeg_path,
+        jpeg_size=pair.jpeg_size,
+        folder="",
+    )
+    if (again.uids, again.sop_class_uid) != (pair.uids, pair.sop_class_uid):
+        raise InvalidInputError(Reason.UNREADABLE, "the JSON file changed since it was validated")
+    return dataclasses.replace(pair, metadata_json=again.metadata_json)
+
+
+@functools.lru_cache(maxsize=64)
+def _options_for(sop_class_uid: str) -> BuildOptions:
+    # The values were checked (or fixed) at validation; the SOP Class UID may have come from
+    # --sop_class_uid.
+    return BuildOptions(sop_class_uid=sop_class_uid, fix_metadata=True)
 
 
 def load_dicom_json(text: str | bytes) -> dict[str, Any]:
@@ -176,12 +239,15 @@ def prepare(
     jpeg_size: int,
     folder: str,
     content_digest: str = "",
+    json_digest: str = "",
 ) -> PreparedInstance:
     """Validate and complete the metadata of one pair (see the module docstring).
 
     Args:
       content_digest: a digest of the JSON and JPEG bytes; needed only to generate a SOP
         Instance UID.
+      json_digest: ``json_digest`` of the JSON file, when the metadata comes from one (lets a
+        ``slim`` pair be ``complete``d again).
 
     Raises:
       InvalidInputError: ``not_dicom_json``, ``missing_uid``, ``invalid_uid`` or
@@ -229,6 +295,8 @@ def prepare(
         transfer_syntax_uid=info.transfer_syntax_uid,
         generated_uids=tuple(generated),
         metadata_json=metadata_json,
+        jpeg_info=info,
+        json_digest=json_digest,
     )
 
 
