@@ -38,12 +38,15 @@ from transforms.dead_letter import DeadLetter, Reason, Stage
 from transforms.dicom import metadata_csv
 from transforms.dicom.build import (
     BuildOptions,
+    PairRow,
     PreparedInstance,
+    from_row,
     json_digest,
     load_dicom_json,
     pixel_data_uri,
     prepare,
     slim,
+    to_row,
 )
 from transforms.dicom.jpeg import read_jpeg_info
 from transforms.errors import InvalidInputError
@@ -168,7 +171,11 @@ class _LocateJpegFn(beam.DoFn):
         for candidate in tried:
             if _exists(candidate):
                 found = _Candidate(path, path, candidate, text, json_digest(data))
-                yield candidate, self._validate.check(found)
+                checked = self._validate.check(found)
+                yield (
+                    candidate,
+                    to_row(checked) if isinstance(checked, PreparedInstance) else checked,
+                )
                 return
         names = ", ".join(_basename(t) for t in tried)
         yield _failed(path, Reason.MISSING_JPEG, f"no JPEG found for this JSON (tried {names})")
@@ -177,12 +184,11 @@ class _LocateJpegFn(beam.DoFn):
 class _ClaimFn(beam.DoFn):
     """A JPEG with exactly one JSON file is a pair; several JSON files are all dead letters."""
 
-    def process(
-        self, element: tuple[str, Iterable[PreparedInstance | DeadLetter]]
-    ) -> Iterator[Any]:
+    def process(self, element: tuple[str, Iterable[PairRow | DeadLetter]]) -> Iterator[Any]:
         jpeg, claims = element
+        decoded = [c if isinstance(c, DeadLetter) else from_row(c) for c in claims]
         # A JSON matched by two overlapping patterns claims its JPEG once.
-        claimants = sorted({c.source: c for c in claims}.values(), key=lambda c: c.source)
+        claimants = sorted({c.source: c for c in decoded}.values(), key=lambda c: c.source)
         if len(claimants) == 1:
             (only,) = claimants
             if isinstance(only, DeadLetter):
@@ -359,9 +365,9 @@ def _digest(metadata: str, jpeg_path: str) -> str:
 
 
 class _KeepFirstSopFn(beam.DoFn):
-    def process(self, element: tuple[str, Iterable[PreparedInstance]]) -> Iterator[Any]:
+    def process(self, element: tuple[str, Iterable[PairRow]]) -> Iterator[Any]:
         _, group = element
-        first, *rest = sorted(group, key=lambda p: p.source)
+        first, *rest = sorted((from_row(r) for r in group), key=lambda p: p.source)
         yield first
         for p in rest:
             letter = DeadLetter(
@@ -376,8 +382,8 @@ class _KeepFirstSopFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
 
 
-def _sop_key(p: PreparedInstance) -> tuple[str, PreparedInstance]:
-    return p.uids.sop, p
+def _sop_key(p: PreparedInstance) -> tuple[str, PairRow]:
+    return p.uids.sop, to_row(p)
 
 
 def _is_json(path: str) -> bool:

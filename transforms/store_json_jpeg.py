@@ -40,7 +40,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter, Reason, Stage
-from transforms.dicom.build import PreparedInstance
+from transforms.dicom.build import PairRow, PreparedInstance, from_row, to_row
 from transforms.dicomweb import concurrency
 from transforms.dicomweb.auth import AuthConfig, make_session
 from transforms.dicomweb.batching import plan_study
@@ -182,8 +182,8 @@ class BuildDicomFiles(beam.PTransform):
 # --- server mode --------------------------------------------------------------------------------
 
 
-def _study_key(p: PreparedInstance) -> tuple[str, PreparedInstance]:
-    return p.uids.study, p
+def _study_key(p: PreparedInstance) -> tuple[str, PairRow]:
+    return p.uids.study, to_row(p)
 
 
 class _PlanPairBatchesFn(beam.DoFn):
@@ -194,8 +194,9 @@ class _PlanPairBatchesFn(beam.DoFn):
         self._max_count = max_count
         self._max_bytes = max_bytes
 
-    def process(self, element: tuple[str, Iterable[PreparedInstance]]) -> Iterator[Any]:
-        study, pairs = element
+    def process(self, element: tuple[str, Iterable[PairRow]]) -> Iterator[Any]:
+        study, rows = element
+        pairs = [from_row(r) for r in rows]
         # JPEG paths are unique (a JPEG claimed twice was dead-lettered), so they key the pairs;
         # planning orders by path, so sources order the same way here.
         by_path = {p.jpeg_path: p for p in pairs}
@@ -207,10 +208,10 @@ class _PlanPairBatchesFn(beam.DoFn):
                 metrics.count_dead_letter(letter)
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
             else:
-                batch = tuple(by_path[f.path] for f in item.files)
+                batch = [by_path[f.path] for f in item.files]
                 # Keyed by its first SOP Instance UID (unique) for the grouping that spreads
                 # batches over workers (one step, where Reshuffle takes six).
-                yield batch[0].uids.sop, (study, batch)
+                yield batch[0].uids.sop, (study, tuple(to_row(p) for p in batch))
 
 
 @dataclass
@@ -268,12 +269,13 @@ class _PairStowFn(beam.DoFn):
 
     def process(
         self,
-        element: tuple[str, Iterable[Batch]],
+        element: tuple[str, Iterable[tuple[str, tuple[PairRow, ...]]]],
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[Any]:
         assert self._shared is not None
-        for batch in element[1]:
+        for study, rows in element[1]:
+            batch = (study, tuple(from_row(r) for r in rows))
             future = self._shared.executor.submit(self._shared.client.store_pairs, *batch)
             self._inflight.add(future, (batch, window, timestamp))
             yield from self._collect(keep=2 * self._max_concurrency)

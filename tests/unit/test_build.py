@@ -271,3 +271,24 @@ def test_completing_a_slim_pair_refuses_a_json_file_that_changed() -> None:
 def test_template_pairs_are_not_slimmed() -> None:
     full = prepared(jf.metadata("template"), jf.jpeg_bytes(), json_path=None)
     assert build.slim(full) is full
+
+
+def test_a_pair_crosses_groupings_as_plain_values() -> None:
+    meta = jf.metadata("row")
+    meta.pop("00080018")
+    text = json.dumps(meta).encode()
+    pair = prepared(
+        meta,
+        jf.jpeg_bytes(subsampling=0),
+        build.BuildOptions(generate_uids=True),
+        content_digest="e" * 64,
+        json_digest=build.json_digest(text),
+    )
+    assert pair.generated_uids and pair.jpeg_info is not None
+    for p in (pair, build.slim(pair)):
+        row = build.to_row(p)
+        assert all(isinstance(v, str | int | bool | tuple | type(None)) for v in row)
+        assert build.from_row(row) == p
+        # A coder may hand nested tuples back as lists.
+        listed = tuple(list(v) if isinstance(v, tuple) else v for v in row)
+        assert build.from_row(listed) == p

@@ -148,6 +148,71 @@ class PreparedInstance:
         return not self.metadata_json
 
 
+PairRow = tuple[Any, ...]
+
+
+def to_row(pair: PreparedInstance) -> PairRow:
+    """The pair as a tuple of plain values, for crossing a grouping: Beam encodes it directly
+    (a dataclass is pickled), which halves the encoding time and the runner's memory per pair."""
+    info = pair.jpeg_info
+    return (
+        pair.source,
+        pair.json_path,
+        pair.jpeg_path,
+        pair.jpeg_size,
+        pair.uids.study,
+        pair.uids.series,
+        pair.uids.sop,
+        pair.sop_class_uid,
+        pair.transfer_syntax_uid,
+        pair.generated_uids,
+        pair.metadata_json,
+        None
+        if info is None
+        else (
+            info.rows,
+            info.columns,
+            info.components,
+            info.precision,
+            info.process,
+            info.sampling,
+            info.rgb,
+            info.predictor,
+        ),
+        pair.json_digest,
+    )
+
+
+def from_row(row: PairRow) -> PreparedInstance:
+    """``to_row``'s inverse (a coder may turn the nested tuples into lists)."""
+    (source, json_path, jpeg_path, size, study, series, sop, sop_class, syntax, generated,
+     metadata, info, digest) = row  # fmt: skip
+    return PreparedInstance(
+        source=source,
+        json_path=json_path,
+        jpeg_path=jpeg_path,
+        jpeg_size=size,
+        uids=InstanceUids(study, series, sop),
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=syntax,
+        generated_uids=tuple((str(k), str(v)) for k, v in generated),
+        metadata_json=metadata,
+        jpeg_info=None
+        if info is None
+        else JpegInfo(
+            info[0],
+            info[1],
+            info[2],
+            info[3],
+            info[4],
+            tuple((int(h), int(v)) for h, v in info[5]),
+            info[6],
+            info[7],
+        ),
+        json_digest=digest,
+    )
+
+
 def json_digest(data: bytes) -> str:
     """A digest of a JSON file's bytes: its pair's metadata is derived again from the file only
     if the file still has this digest."""
