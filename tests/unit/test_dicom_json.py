@@ -121,7 +121,7 @@ def _mutate(data: dict[str, Any], rng: random.Random) -> Any:
     elif kind == 9:
         out[tag] = rng.choice(_WEIRD_VALUES)  # the element is not an object
     elif kind == 10:
-        element["vr"] = rng.choice(["", "XX", "us", None, 5])
+        element["vr"] = rng.choice(["", "XX", "us", None, 5, ["LO"], {"vr": "LO"}])
     else:
         element.pop("Value", None)
     return out

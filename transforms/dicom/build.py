@@ -250,6 +250,7 @@ def complete(pair: PreparedInstance, data: bytes) -> PreparedInstance:
         jpeg_path=pair.jpeg_path,
         jpeg_size=pair.jpeg_size,
         folder="",
+        recheck=False,  # the same bytes passed it (the digest says so)
     )
     if (again.uids, again.sop_class_uid) != (pair.uids, pair.sop_class_uid):
         raise InvalidInputError(Reason.UNREADABLE, "the JSON file changed since it was validated")
@@ -305,6 +306,7 @@ def prepare(
     folder: str,
     content_digest: str = "",
     json_digest: str = "",
+    recheck: bool = True,
 ) -> PreparedInstance:
     """Validate and complete the metadata of one pair (see the module docstring).
 
@@ -313,6 +315,7 @@ def prepare(
         Instance UID.
       json_digest: ``json_digest`` of the JSON file, when the metadata comes from one (lets a
         ``slim`` pair be ``complete``d again).
+      recheck: False skips the DICOM JSON check, for metadata that passed it already.
 
     Raises:
       InvalidInputError: ``not_dicom_json``, ``missing_uid``, ``invalid_uid`` or
@@ -321,7 +324,8 @@ def prepare(
     elements = {k.upper(): v for k, v in metadata.items()}
     declared_syntax = _pop_file_meta(elements)
     _pop_pixel_data(elements)
-    dicom_json.check(elements)  # the check only: the elements themselves are kept as given
+    if recheck:
+        dicom_json.check(elements)  # the check only: the elements themselves are kept as given
     generated: list[tuple[str, str]] = []
     for keyword in _UID_KEYWORDS:
         tag = _TAGS[keyword]
@@ -392,10 +396,13 @@ def _pop_pixel_data(elements: dict[str, Any]) -> None:
 
 
 def _has_bulk_data(value: Any) -> bool:
+    # Scalars are skipped without a call: most values are (this runs for every pair).
     if isinstance(value, dict):
-        return "BulkDataURI" in value or any(_has_bulk_data(v) for v in value.values())
+        if "BulkDataURI" in value:
+            return True
+        return any(_has_bulk_data(v) for v in value.values() if isinstance(v, dict | list))
     if isinstance(value, list):
-        return any(_has_bulk_data(v) for v in value)
+        return any(_has_bulk_data(v) for v in value if isinstance(v, dict | list))
     return False
 
 

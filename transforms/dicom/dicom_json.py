@@ -38,6 +38,8 @@ _INT_VRS = frozenset("IS SL SS SV UL US UV".split())
 _REAL_VRS = frozenset("DS FD FL".split())
 _BIG = 1 << 53  # larger ints: float() may overflow, str() may refuse; pydicom decides
 _PLAIN_KEYS = frozenset({"vr", "Value"})
+_NO_VALUES: list[Any] = []
+_MAX_CACHED_TAGS = 4096
 MESSAGE = (
     "the metadata is not a valid DICOM JSON dataset ({}; tags must be 8 hex digits with a vr "
     "and a Value list)"
@@ -89,31 +91,48 @@ def obviously_valid(elements: Any) -> bool:
     if type(elements) is not dict:
         return False
     for tag, element in elements.items():
-        if type(tag) is not str or type(element) is not dict or not _TAG.fullmatch(tag):
+        if type(element) is not dict or not _plain_tag(tag):
             return False
-        group = int(tag[:4], 16)
-        if group % 2 or group in (0x0002, 0xFFFE) or tag[4:] == "0000":
-            return False  # private, File Meta, item delimiters, group lengths
         if not element.keys() <= _PLAIN_KEYS:
             return False
         vr = element.get("vr")
-        if type(vr) is not str:
-            return False
-        values = element.get("Value", [])
-        if type(values) is not list:
+        values = element.get("Value", _NO_VALUES)
+        if type(vr) is not str or type(values) is not list:
             return False
         if vr in _TEXT_VRS:
-            if not all(v is None or type(v) is str for v in values):
-                return False
+            for v in values:
+                if v is not None and type(v) is not str:
+                    return False
         elif vr in _INT_VRS:
-            if not all(type(v) is int and -_BIG < v < _BIG for v in values):
-                return False
+            for v in values:
+                if type(v) is not int or not -_BIG < v < _BIG:
+                    return False
         elif vr in _REAL_VRS:
-            if not all(
-                (type(v) is int and -_BIG < v < _BIG) or (type(v) is float and math.isfinite(v))
-                for v in values
-            ):
-                return False
+            for v in values:
+                if type(v) is int:
+                    if not -_BIG < v < _BIG:
+                        return False
+                elif type(v) is not float or not math.isfinite(v):
+                    return False
         else:
             return False
     return True
+
+
+_plain_tags: dict[str, bool] = {}  # a cache: datasets repeat the same few tags
+
+
+def _plain_tag(tag: object) -> bool:
+    """A public tag, neither File Meta, nor an item delimiter, nor a group length."""
+    if type(tag) is not str:
+        return False
+    known = _plain_tags.get(tag)
+    if known is not None:
+        return known
+    plain = bool(_TAG.fullmatch(tag))
+    if plain:
+        group = int(tag[:4], 16)
+        plain = not (group % 2 or group in (0x0002, 0xFFFE) or tag[4:] == "0000")
+    if len(_plain_tags) < _MAX_CACHED_TAGS:
+        _plain_tags[tag] = plain
+    return plain
