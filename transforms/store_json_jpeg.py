@@ -328,15 +328,15 @@ def _emit(
     )
     metrics.inc(metrics.HTTP_REQUESTS, report.requests)
     metrics.inc(metrics.HTTP_RETRIES, report.retries)
-    metrics.inc(metrics.THROTTLED_MS, int(report.throttled_seconds * 1000))
+    metrics.add_throttled(report.throttled_seconds)
+    # Counted once a batch, not once a pair (a counter update costs as much as a small step).
+    new = [o for o in stored if o.status == STATUS_STORED]
+    metrics.inc(metrics.INSTANCES_STORED, len(new))
+    metrics.inc(metrics.BYTES_STORED, sum(o.bytes for o in new))
+    metrics.inc(metrics.INSTANCES_ALREADY_PRESENT, len(stored) - len(new))
     for outcome in report.outcomes:
         pair = by_sop[outcome.uids.sop] if outcome.uids else None
         if isinstance(outcome, StoredInstance) and pair is not None:
-            if outcome.status == STATUS_STORED:
-                metrics.inc(metrics.INSTANCES_STORED)
-                metrics.inc(metrics.BYTES_STORED, outcome.bytes)
-            else:
-                metrics.inc(metrics.INSTANCES_ALREADY_PRESENT)
             yield WindowedValue(created(pair, outcome), timestamp, (window,))
         elif isinstance(outcome, DeadLetter):
             letter = for_pair(outcome, pair) if pair is not None else outcome
