@@ -14,7 +14,10 @@ Scenarios:
   end-to-end rates (``run()`` including option parsing and preflight), and their ratios.
   Target: json/store >= 0.8 on both.
 * ``sink``: server mode (JSON + JPEG requests) into ``benchmarks/stow_sink.py`` (a separate
-  process answering at once). Target: >= 1000 pairs/s on the job's own rate.
+  process answering at once), with ``--pairs`` pairs and a quarter of them, alternately.
+  Reported: the job's own rate, end to end, CPU per pair (this process, all threads), and the
+  rate and CPU once running (the difference between the two sizes). Target: >= 1000 pairs/s on
+  the job's own rate.
 * ``memory``: peak RSS of a child ``python -m pipelines.store_json_jpeg`` in server mode into
   the sink, with ``--pairs`` pairs and with a quarter of them. Target: no growth with the
   number of pairs (the difference stays within noise, < 30 MiB).
@@ -130,6 +133,7 @@ class Measure:
     count: int
     wall_seconds: float
     job_seconds: float
+    cpu_seconds: float = 0.0  # of this process (all its threads) around run(): end to end
 
     @property
     def wall_rate(self) -> float:
@@ -154,20 +158,26 @@ def run_store(corpus: Corpus, url: str, out: Path, opts: Options) -> Measure:
     assert job is not None
     if job.summary.stored != corpus.count or job.summary.failed:
         raise bs.BenchError(f"store: {job.summary.stored} stored, {job.summary.failed} failed")
-    return Measure("store", corpus.count, wall, job.summary.elapsed_seconds)
+    return Measure("store", corpus.count, wall, _job_seconds(job.summary))
 
 
 def run_json(corpus: Corpus, url: str, out: Path, opts: Options, mode: str) -> Measure:
     argv = ["--input", str(corpus.pairs_dir / "*.json"), "--mode", mode, *_common(url, out, opts)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     job = json_job.run(argv)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert job is not None
     if job.summary.stored != corpus.count or job.summary.failed:
         raise bs.BenchError(
             f"store_json_jpeg: {job.summary.stored} stored, {job.summary.failed_by_reason}"
         )
-    return Measure(f"json_{mode}", corpus.count, wall, job.summary.elapsed_seconds)
+    return Measure(f"json_{mode}", corpus.count, wall, _job_seconds(job.summary), cpu)
+
+
+def _job_seconds(summary: Any) -> float:
+    """The pipeline's own time (its run, start-up excluded): both jobs report it apart from
+    their time since launch, which in this process would include the whole benchmark."""
+    return float(summary.pipeline_seconds or summary.elapsed_seconds)
 
 
 @dataclass
@@ -220,17 +230,41 @@ def scenario_orthanc(opts: Options, corpus: Corpus, work: Path) -> dict[str, Any
 
 
 def scenario_sink(opts: Options, corpus: Corpus, work: Path) -> dict[str, Any]:
-    measures = []
+    """Server mode into the sink, with ``--pairs`` pairs and, alternately, a quarter of them:
+    the difference between the two sizes is the rate once running (the runner's fixed cost
+    per job, about half a second, excluded)."""
+    small = make_corpus(
+        work, count=max(corpus.count // 4, 1), size=opts.size, studies=opts.studies, tag="q"
+    )
+    runs: dict[str, list[Measure]] = {"small": [], "large": []}
     with bs.SinkProcess() as sink:
         for r in range(opts.repeat):
-            m = run_json(corpus, sink.dicomweb_url, work / f"sink-{r}", opts, "server")
-            measures.append(m)
-            log(f"sink round {r + 1}/{opts.repeat}: job {m.job_rate:7.1f}/s end to end "
-                f"{m.wall_rate:7.1f}/s")  # fmt: skip
-    return {
-        "job_rate": statistics.median(m.job_rate for m in measures),
-        "wall_rate": statistics.median(m.wall_rate for m in measures),
+            order = (("small", small), ("large", corpus))
+            for name, c in order if r % 2 == 0 else order[::-1]:
+                m = run_json(c, sink.dicomweb_url, work / f"sink-{name}-{r}", opts, "server")
+                runs[name].append(m)
+                log(f"sink round {r + 1}/{opts.repeat}: {m.count:5d} pairs: job "
+                    f"{m.job_rate:7.1f}/s, end to end {m.wall_rate:7.1f}/s, CPU "
+                    f"{1000 * m.cpu_seconds / m.count:.2f} ms/pair")  # fmt: skip
+    med = {
+        name: {k: statistics.median(getattr(m, k) for m in ms) for k in _SECONDS}
+        for name, ms in runs.items()
     }
+    extra = corpus.count - small.count
+    large = med["large"]
+    return {
+        "job_rate": corpus.count / large["job_seconds"],
+        "wall_rate": corpus.count / large["wall_seconds"],
+        "cpu_ms_per_pair": 1000 * large["cpu_seconds"] / corpus.count,
+        "marginal_job_rate": extra / max(large["job_seconds"] - med["small"]["job_seconds"], 1e-9),
+        "marginal_cpu_ms_per_pair": 1000
+        * (large["cpu_seconds"] - med["small"]["cpu_seconds"])
+        / extra,
+        "medians": med,
+    }
+
+
+_SECONDS = ("job_seconds", "wall_seconds", "cpu_seconds")
 
 
 def scenario_memory(opts: Options, work: Path) -> dict[str, Any]:
@@ -300,7 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ok &= s["job_rate"] >= SINK_RATE_TARGET
                 print(
                     f"sink: server mode {s['job_rate']:.0f} pairs/s (job's own rate), "
-                    f"{s['wall_rate']:.0f}/s end to end; target >= {SINK_RATE_TARGET:.0f}"
+                    f"{s['wall_rate']:.0f}/s end to end, {s['cpu_ms_per_pair']:.2f} ms CPU a "
+                    f"pair end to end; once running (difference of two sizes): "
+                    f"{s['marginal_job_rate']:.0f} pairs/s, "
+                    f"{s['marginal_cpu_ms_per_pair']:.2f} ms CPU a pair; target >= "
+                    f"{SINK_RATE_TARGET:.0f}/s"
                 )
             if "memory" in opts.scenarios:
                 m = results["memory"] = scenario_memory(opts, work)

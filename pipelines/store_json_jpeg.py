@@ -18,6 +18,7 @@ options or a failed preflight.
 from __future__ import annotations
 
 import csv
+import gc
 import logging
 import sys
 import time
@@ -41,13 +42,18 @@ from pipelines.options import (
     retry_from,
 )
 from pipelines.runner_checks import report_without_metrics
-from pipelines.summary import MetricsUnavailable, StoreSummary, counter_values
+from pipelines.store import _exit_now
+from pipelines.summary import (
+    MetricsUnavailable,
+    StoreSummary,
+    counter_values,
+    seconds_since_launch,
+)
 from transforms import metrics
-from transforms.dicom import metadata_csv
+from transforms.dicom import dicom_json, metadata_csv
 from transforms.dicom.build import (
     DEFAULT_UID_ROOT,
     BuildOptions,
-    dataset_from_json,
     load_dicom_json,
     pixel_data_uri,
 )
@@ -58,6 +64,7 @@ from transforms.files import open_source
 from transforms.read_json_jpeg import ReadJsonJpegPairs
 from transforms.results import StoreResult
 from transforms.store_json_jpeg import BuildDicomFiles, StoreJsonJpegPairs
+from transforms.write_lines import WriteLines
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -165,7 +172,7 @@ def _read_template(path: str) -> dict[str, Any]:
         template = load_dicom_json(_read_text(path, "--template"))
         checked = {k: v for k, v in template.items() if not k.upper().startswith("0002")}
         checked.pop("7FE00010", None)
-        dataset_from_json(checked)
+        dicom_json.check(checked)
     except InvalidInputError as exc:
         raise ValueError(f"--template: {exc.message}") from None
     if pixel_data_uri(template):
@@ -221,9 +228,7 @@ def build(pipeline: beam.Pipeline, settings: JsonJpegSettings) -> StoreResult:
 
 
 def _write_lines(prefix: str, name: str) -> beam.PTransform:
-    return beam.io.WriteToText(
-        f"{prefix}/{name}", file_name_suffix=".jsonl", shard_name_template="-SSSSS-of-NNNNN"
-    )
+    return WriteLines(prefix, name)
 
 
 @dataclass(frozen=True)
@@ -278,12 +283,14 @@ def run(argv: Sequence[str] | None = None) -> JsonJpegRun | None:
     start = time.monotonic()
     result = pipeline.run()
     result.wait_until_finish()
-    elapsed = time.monotonic() - start
+    summary = StoreSummary.from_result(
+        result, seconds_since_launch(), pipeline_seconds=time.monotonic() - start
+    )
     counters = counter_values(result)
     return JsonJpegRun(
         settings,
         result,
-        StoreSummary.from_result(result, elapsed),
+        summary,
         pairs_valid=counters.get(metrics.PAIRS_VALID, 0),
         built=counters.get(metrics.INSTANCES_BUILT, 0),
     )
@@ -306,4 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # As pipelines.store: objects alive after the imports live until the end (the collector
+    # need not scan them), and no interpreter teardown once everything is flushed.
+    gc.freeze()
+    _exit_now(main())

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import metrics
@@ -39,10 +38,15 @@ from transforms.dead_letter import DeadLetter, Reason, Stage
 from transforms.dicom import metadata_csv
 from transforms.dicom.build import (
     BuildOptions,
+    PairRow,
     PreparedInstance,
+    from_row,
+    json_digest,
     load_dicom_json,
     pixel_data_uri,
     prepare,
+    slim,
+    to_row,
 )
 from transforms.dicom.jpeg import read_jpeg_info
 from transforms.errors import InvalidInputError
@@ -63,6 +67,7 @@ class _Candidate:
     json_path: str | None
     jpeg_path: str
     metadata: str
+    json_digest: str = ""  # of the JSON file's bytes (JSON mode)
 
 
 def _dead(source: str, reason: str, message: str, stage: str = Stage.PAIR) -> DeadLetter:
@@ -137,7 +142,8 @@ class _LocateJpegFn(beam.DoFn):
     def setup(self) -> None:
         self._validate.setup()
 
-    def process(self, path: str) -> Iterator[Any]:
+    def process(self, element: tuple[str, Iterable[None]]) -> Iterator[Any]:
+        path = element[0]
         try:
             yield from self._locate(path)
         except Exception as exc:  # e.g. a remote filesystem failing: this file only
@@ -146,7 +152,8 @@ class _LocateJpegFn(beam.DoFn):
     def _locate(self, path: str) -> Iterator[Any]:
         try:
             with open_source(path) as stream:
-                text = stream.read().decode("utf-8-sig")  # a BOM is tolerated
+                data = stream.read()
+            text = data.decode("utf-8-sig")  # a BOM is tolerated
             uri = pixel_data_uri(load_dicom_json(text))
         except InvalidInputError as exc:
             yield _failed(path, exc.reason, exc.message, Stage.VALIDATE)
@@ -163,7 +170,12 @@ class _LocateJpegFn(beam.DoFn):
         tried = jpeg_candidates(path, uri)
         for candidate in tried:
             if _exists(candidate):
-                yield candidate, self._validate.check(_Candidate(path, path, candidate, text))
+                found = _Candidate(path, path, candidate, text, json_digest(data))
+                checked = self._validate.check(found)
+                yield (
+                    candidate,
+                    to_row(checked) if isinstance(checked, PreparedInstance) else checked,
+                )
                 return
         names = ", ".join(_basename(t) for t in tried)
         yield _failed(path, Reason.MISSING_JPEG, f"no JPEG found for this JSON (tried {names})")
@@ -172,12 +184,11 @@ class _LocateJpegFn(beam.DoFn):
 class _ClaimFn(beam.DoFn):
     """A JPEG with exactly one JSON file is a pair; several JSON files are all dead letters."""
 
-    def process(
-        self, element: tuple[str, Iterable[PreparedInstance | DeadLetter]]
-    ) -> Iterator[Any]:
+    def process(self, element: tuple[str, Iterable[PairRow | DeadLetter]]) -> Iterator[Any]:
         jpeg, claims = element
+        decoded = [c if isinstance(c, DeadLetter) else from_row(c) for c in claims]
         # A JSON matched by two overlapping patterns claims its JPEG once.
-        claimants = sorted({c.source: c for c in claims}.values(), key=lambda c: c.source)
+        claimants = sorted({c.source: c for c in decoded}.values(), key=lambda c: c.source)
         if len(claimants) == 1:
             (only,) = claimants
             if isinstance(only, DeadLetter):
@@ -197,8 +208,32 @@ class _ClaimFn(beam.DoFn):
             )
 
 
-def _image_key(path: str) -> tuple[str, str]:
-    return _basename(path), path
+class _MatchFn(beam.DoFn):
+    """Impulse -> each file matched by the patterns, once: ``(path, None)`` for JSON files (the
+    grouping that follows spreads them), ``(base name, path)`` for images (template mode)."""
+
+    def __init__(self, patterns: Sequence[str], template_mode: bool) -> None:
+        self._patterns = list(patterns)
+        self._template_mode = template_mode
+
+    def process(self, _: bytes) -> Iterator[Any]:
+        seen: set[str] = set()  # overlapping patterns match a file twice
+        for pattern in self._patterns:
+            try:
+                matched = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+            except Exception as exc:  # a pattern that cannot be listed: that pattern only
+                why = f"cannot list the files of this pattern ({type(exc).__name__})"
+                yield _failed(pattern, Reason.UNREADABLE, why)
+                continue
+            for path in matched:
+                if path in seen:
+                    continue
+                seen.add(path)
+                if self._template_mode:
+                    if _is_image(path):
+                        yield _basename(path), path
+                elif _is_json(path):
+                    yield path, None
 
 
 class _ReadCsvFn(beam.DoFn):
@@ -286,9 +321,10 @@ class _ValidateFn(beam.DoFn):
             yield result
 
     def check(self, c: _Candidate) -> PreparedInstance | DeadLetter:
-        """The prepared pair, or its dead letter (not yet counted)."""
+        """The prepared pair (``slim``: it crosses groupings), or its dead letter (not yet
+        counted)."""
         try:
-            return self._prepare(c)
+            return slim(self._prepare(c))
         except InvalidInputError as exc:
             return _letter(c.source, exc.reason, exc.message)
         except OSError as exc:
@@ -316,6 +352,7 @@ class _ValidateFn(beam.DoFn):
             jpeg_size=size,
             folder=_dirname(c.source),
             content_digest=digest,
+            json_digest=c.json_digest,
         )
 
 
@@ -328,9 +365,9 @@ def _digest(metadata: str, jpeg_path: str) -> str:
 
 
 class _KeepFirstSopFn(beam.DoFn):
-    def process(self, element: tuple[str, Iterable[PreparedInstance]]) -> Iterator[Any]:
+    def process(self, element: tuple[str, Iterable[PairRow]]) -> Iterator[Any]:
         _, group = element
-        first, *rest = sorted(group, key=lambda p: p.source)
+        first, *rest = sorted((from_row(r) for r in group), key=lambda p: p.source)
         yield first
         for p in rest:
             letter = DeadLetter(
@@ -345,8 +382,8 @@ class _KeepFirstSopFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
 
 
-def _sop_key(p: PreparedInstance) -> tuple[str, PreparedInstance]:
-    return p.uids.sop, p
+def _sop_key(p: PreparedInstance) -> tuple[str, PairRow]:
+    return p.uids.sop, to_row(p)
 
 
 def _is_json(path: str) -> bool:
@@ -355,10 +392,6 @@ def _is_json(path: str) -> bool:
 
 def _is_image(path: str) -> bool:
     return not path.lower().endswith(_NOT_IMAGES)
-
-
-def _path(metadata: Any) -> str:
-    return str(metadata.path)
 
 
 class ReadJsonJpegPairs(beam.PTransform):
@@ -396,19 +429,21 @@ class ReadJsonJpegPairs(beam.PTransform):
         self._unique_sops = unique_sops
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> PairsResult:
-        paths = (
+        # Few steps on purpose: each costs a runner a fixed time per job, and each grouping
+        # keeps its elements in memory (so only small records cross them).
+        matched = (
             pbegin
-            | "Patterns" >> beam.Create(self._patterns)
-            | "MatchPatterns"
-            >> fileio.MatchAll(empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
-            | "Paths" >> beam.Map(_path)
-            # Overlapping patterns may match a file twice; grouping also spreads the paths.
-            | "DistinctFiles" >> beam.Distinct()
+            | "Start" >> beam.Impulse()
+            | "MatchFiles"
+            >> beam.ParDo(_MatchFn(self._patterns, self._template is not None)).with_outputs(
+                FAILED_TAG, main="files"
+            )
         )
+        failures = [matched[FAILED_TAG]]
         if self._template is None:
             located = (
-                paths
-                | "JsonFiles" >> beam.Filter(_is_json)
+                matched.files
+                | "SpreadFiles" >> beam.GroupByKey()
                 | "LocateAndValidate"
                 >> beam.ParDo(_LocateJpegFn(self._options)).with_outputs(FAILED_TAG, main="kv")
             )
@@ -417,15 +452,15 @@ class ReadJsonJpegPairs(beam.PTransform):
                 | "GroupByJpeg" >> beam.GroupByKey()
                 | "OneJsonPerJpeg" >> beam.ParDo(_ClaimFn()).with_outputs(FAILED_TAG, main="ok")
             )
-            failures = [located[FAILED_TAG], paired[FAILED_TAG]]
+            failures += [located[FAILED_TAG], paired[FAILED_TAG]]
             valid = paired.ok
         else:
-            images = paths | "Images" >> beam.Filter(_is_image) | "ByName" >> beam.Map(_image_key)
+            images = matched.files
             rows = pbegin | "CsvPath" >> beam.Create([self._csv] if self._csv else [])
             read = rows | "CsvRows" >> beam.ParDo(_ReadCsvFn()).with_outputs(
                 FAILED_TAG, main="rows"
             )
-            matched = (
+            joined = (
                 {"images": images, "rows": read.rows}
                 | "JoinRows" >> beam.CoGroupByKey()
                 | "ApplyTemplate"
@@ -433,10 +468,10 @@ class ReadJsonJpegPairs(beam.PTransform):
                     FAILED_TAG, main="ok"
                 )
             )
-            validated = matched.ok | "Validate" >> beam.ParDo(
+            validated = joined.ok | "Validate" >> beam.ParDo(
                 _ValidateFn(self._options)
             ).with_outputs(FAILED_TAG, main="ok")
-            failures = [read[FAILED_TAG], matched[FAILED_TAG], validated[FAILED_TAG]]
+            failures += [read[FAILED_TAG], joined[FAILED_TAG], validated[FAILED_TAG]]
             valid = validated.ok
         if self._unique_sops:
             unique = (

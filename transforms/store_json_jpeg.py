@@ -40,7 +40,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter, Reason, Stage
-from transforms.dicom.build import PreparedInstance
+from transforms.dicom.build import PairRow, PreparedInstance, from_row, to_row
 from transforms.dicomweb import concurrency
 from transforms.dicomweb.auth import AuthConfig, make_session
 from transforms.dicomweb.batching import plan_study
@@ -182,8 +182,8 @@ class BuildDicomFiles(beam.PTransform):
 # --- server mode --------------------------------------------------------------------------------
 
 
-def _study_key(p: PreparedInstance) -> tuple[str, PreparedInstance]:
-    return p.uids.study, p
+def _study_key(p: PreparedInstance) -> tuple[str, PairRow]:
+    return p.uids.study, to_row(p)
 
 
 class _PlanPairBatchesFn(beam.DoFn):
@@ -194,8 +194,9 @@ class _PlanPairBatchesFn(beam.DoFn):
         self._max_count = max_count
         self._max_bytes = max_bytes
 
-    def process(self, element: tuple[str, Iterable[PreparedInstance]]) -> Iterator[Any]:
-        study, pairs = element
+    def process(self, element: tuple[str, Iterable[PairRow]]) -> Iterator[Any]:
+        study, rows = element
+        pairs = [from_row(r) for r in rows]
         # JPEG paths are unique (a JPEG claimed twice was dead-lettered), so they key the pairs;
         # planning orders by path, so sources order the same way here.
         by_path = {p.jpeg_path: p for p in pairs}
@@ -207,7 +208,10 @@ class _PlanPairBatchesFn(beam.DoFn):
                 metrics.count_dead_letter(letter)
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
             else:
-                yield study, tuple(by_path[f.path] for f in item.files)
+                batch = [by_path[f.path] for f in item.files]
+                # Keyed by its first SOP Instance UID (unique) for the grouping that spreads
+                # batches over workers (one step, where Reshuffle takes six).
+                yield batch[0].uids.sop, (study, tuple(to_row(p) for p in batch))
 
 
 @dataclass
@@ -265,14 +269,16 @@ class _PairStowFn(beam.DoFn):
 
     def process(
         self,
-        batch: Batch,
+        element: tuple[str, Iterable[tuple[str, tuple[PairRow, ...]]]],
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[Any]:
         assert self._shared is not None
-        future = self._shared.executor.submit(self._shared.client.store_pairs, *batch)
-        self._inflight.add(future, (batch, window, timestamp))
-        yield from self._collect(keep=2 * self._max_concurrency)
+        for study, rows in element[1]:
+            batch = (study, tuple(from_row(r) for r in rows))
+            future = self._shared.executor.submit(self._shared.client.store_pairs, *batch)
+            self._inflight.add(future, (batch, window, timestamp))
+            yield from self._collect(keep=2 * self._max_concurrency)
 
     def finish_bundle(self) -> Iterator[Any]:
         yield from self._collect(keep=0)
@@ -322,15 +328,15 @@ def _emit(
     )
     metrics.inc(metrics.HTTP_REQUESTS, report.requests)
     metrics.inc(metrics.HTTP_RETRIES, report.retries)
-    metrics.inc(metrics.THROTTLED_MS, int(report.throttled_seconds * 1000))
+    metrics.add_throttled(report.throttled_seconds)
+    # Counted once a batch, not once a pair (a counter update costs as much as a small step).
+    new = [o for o in stored if o.status == STATUS_STORED]
+    metrics.inc(metrics.INSTANCES_STORED, len(new))
+    metrics.inc(metrics.BYTES_STORED, sum(o.bytes for o in new))
+    metrics.inc(metrics.INSTANCES_ALREADY_PRESENT, len(stored) - len(new))
     for outcome in report.outcomes:
         pair = by_sop[outcome.uids.sop] if outcome.uids else None
         if isinstance(outcome, StoredInstance) and pair is not None:
-            if outcome.status == STATUS_STORED:
-                metrics.inc(metrics.INSTANCES_STORED)
-                metrics.inc(metrics.BYTES_STORED, outcome.bytes)
-            else:
-                metrics.inc(metrics.INSTANCES_ALREADY_PRESENT)
             yield WindowedValue(created(pair, outcome), timestamp, (window,))
         elif isinstance(outcome, DeadLetter):
             letter = for_pair(outcome, pair) if pair is not None else outcome
@@ -387,7 +393,7 @@ class StoreJsonJpegPairs(beam.PTransform):
         )
         sent = (
             planned.batches
-            | "SpreadBatches" >> beam.Reshuffle()
+            | "SpreadBatches" >> beam.GroupByKey()
             | "PostPairs"
             >> beam.ParDo(
                 _PairStowFn(

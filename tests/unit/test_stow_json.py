@@ -3,6 +3,7 @@ Google stand-in extended with Google's JSON + JPEG creation (no Beam)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -17,7 +18,7 @@ from google_json_standin import GoogleJsonStandin, split_parts
 from pydicom.encaps import generate_frames
 
 from transforms.dead_letter import DeadLetter
-from transforms.dicom.build import BuildOptions, PreparedInstance, prepare
+from transforms.dicom.build import BuildOptions, PreparedInstance, json_digest, prepare, slim
 from transforms.dicom.jpeg import read_jpeg_info
 from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.dicomweb.http import RetryPolicy
@@ -191,6 +192,47 @@ def test_client_mode_builds_at_send_time_and_dead_letters_a_pair_that_changed(
         generate_frames(pydicom.dcmread(io.BytesIO(blob.data)).PixelData, number_of_frames=1)
     )
     assert frame.rstrip(b"\x00") == Path(good.jpeg_path).read_bytes().rstrip(b"\x00")
+
+
+def slim_pair(directory: Path, name: str, data: bytes, **meta: object) -> PreparedInstance:
+    """A pair as the pipeline carries it: its metadata left in its JSON file."""
+    full = pair(directory, name, data, **meta)
+    text = json.dumps(jf.metadata(name, **meta)).encode()  # type: ignore[arg-type]
+    Path(full.source).write_bytes(text)
+    return slim(dataclasses.replace(full, json_digest=json_digest(text)))
+
+
+def test_slim_pairs_are_sent_with_their_metadata_and_a_changed_json_is_dead_lettered(
+    standin: GoogleJsonStandin, tmp_path: Path
+) -> None:
+    study = jf.uid("slim-study")
+    good = slim_pair(tmp_path, "good", jf.jpeg_bytes(seed=1), study=study)
+    changed = slim_pair(tmp_path, "changed", jf.jpeg_bytes(seed=2), study=study)
+    assert good.is_slim and changed.is_slim
+    meta = json.loads(Path(changed.source).read_text())
+    meta["00100020"] = {"vr": "LO", "Value": ["EDITED"]}  # edited after validation
+    Path(changed.source).write_text(json.dumps(meta))
+    stow = JsonJpegStowClient(
+        requests.Session(), StowConfig(DicomwebEndpoint(standin.dicomweb_url))
+    )
+    report = stow.store_pairs(study, [good, changed])
+    outcomes = {o.uids.sop: o for o in report.outcomes if o.uids}
+    assert isinstance(outcomes[good.uids.sop], StoredInstance)
+    letter = outcomes[changed.uids.sop]
+    assert isinstance(letter, DeadLetter)
+    assert (letter.reason, letter.attempts) == ("unreadable", 0)
+    assert "changed since it was validated" in letter.message
+    (request,) = standin.json_requests
+    boundary = request.headers["Content-Type"].rsplit("boundary=", 1)[1]
+    first, *bulk = split_parts(request.body, boundary)
+    assert len(bulk) == 1
+    (metadata,) = json.loads(first.payload)  # only the good pair was sent, with its metadata
+    assert metadata["00080018"]["Value"] == [good.uids.sop]
+    assert (
+        metadata["00100020"]["Value"]
+        == json.loads(Path(good.source).read_text())["00100020"]["Value"]
+    )
+    assert metadata["00280004"]["Value"] == ["YBR_FULL_422"]  # completed from the JPEG again
 
 
 def test_store_transform_shows_its_configuration_without_credentials() -> None:

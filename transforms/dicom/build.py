@@ -21,13 +21,14 @@ which describe the picture, are shown.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import io
 import json
-import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -37,6 +38,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, generate_uid
 
 from transforms.dead_letter import Reason
+from transforms.dicom import dicom_json
 from transforms.dicom.encode import encode_dataset, encode_file_meta
 from transforms.dicom.jpeg import JpegInfo
 from transforms.dicom.uid import check_uid
@@ -50,11 +52,6 @@ DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.8.498"  # pydicom's root; use your organ
 MAX_UID_ROOT_LENGTH = 44  # leaves 20 digits of hash in a 64-character UID
 IMPLEMENTATION_VERSION = "DICOMWEB_BEAM_1"
 _UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-_TAG = re.compile(r"[0-9A-Fa-f]{8}")
-_VRS = frozenset(
-    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
-    "UN UR US UT UV".split()
-)
 # Tags and VRs of the attributes set here (DICOM JSON keys are tags).
 _TAGS = {
     "StudyInstanceUID": "0020000D",
@@ -127,7 +124,11 @@ class PreparedInstance:
       sop_class_uid: SOP Class UID.
       transfer_syntax_uid: from the JPEG's coding process.
       generated_uids: (keyword, UID) for each UID this run generated.
-      metadata_json: DICOM JSON of the dataset, without PixelData nor File Meta elements.
+      metadata_json: DICOM JSON of the dataset, without PixelData nor File Meta elements; ""
+        in a slim pair (``slim``), whose metadata is derived again from its JSON file when
+        needed (``complete``).
+      jpeg_info: what the JPEG's header said at validation.
+      json_digest: a digest of the JSON file's bytes at validation ("" in template mode).
     """
 
     source: str
@@ -139,6 +140,128 @@ class PreparedInstance:
     transfer_syntax_uid: str
     generated_uids: tuple[tuple[str, str], ...]
     metadata_json: str
+    jpeg_info: JpegInfo | None = None
+    json_digest: str = ""
+
+    @property
+    def is_slim(self) -> bool:
+        return not self.metadata_json
+
+
+PairRow = tuple[Any, ...]
+
+
+def to_row(pair: PreparedInstance) -> PairRow:
+    """The pair as a tuple of plain values, for crossing a grouping: Beam encodes it directly
+    (a dataclass is pickled), which halves the encoding time and the runner's memory per pair."""
+    info = pair.jpeg_info
+    return (
+        pair.source,
+        pair.json_path,
+        pair.jpeg_path,
+        pair.jpeg_size,
+        pair.uids.study,
+        pair.uids.series,
+        pair.uids.sop,
+        pair.sop_class_uid,
+        pair.transfer_syntax_uid,
+        pair.generated_uids,
+        pair.metadata_json,
+        None
+        if info is None
+        else (
+            info.rows,
+            info.columns,
+            info.components,
+            info.precision,
+            info.process,
+            info.sampling,
+            info.rgb,
+            info.predictor,
+        ),
+        pair.json_digest,
+    )
+
+
+def from_row(row: PairRow) -> PreparedInstance:
+    """``to_row``'s inverse (a coder may turn the nested tuples into lists)."""
+    (source, json_path, jpeg_path, size, study, series, sop, sop_class, syntax, generated,
+     metadata, info, digest) = row  # fmt: skip
+    return PreparedInstance(
+        source=source,
+        json_path=json_path,
+        jpeg_path=jpeg_path,
+        jpeg_size=size,
+        uids=InstanceUids(study, series, sop),
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=syntax,
+        generated_uids=tuple((str(k), str(v)) for k, v in generated),
+        metadata_json=metadata,
+        jpeg_info=None
+        if info is None
+        else JpegInfo(
+            info[0],
+            info[1],
+            info[2],
+            info[3],
+            info[4],
+            tuple((int(h), int(v)) for h, v in info[5]),
+            info[6],
+            info[7],
+        ),
+        json_digest=digest,
+    )
+
+
+def json_digest(data: bytes) -> str:
+    """A digest of a JSON file's bytes: its pair's metadata is derived again from the file only
+    if the file still has this digest."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def slim(pair: PreparedInstance) -> PreparedInstance:
+    """The pair without its metadata when it can be derived again from its JSON file: what
+    crosses a grouping stays small (a runner keeps every grouped element in memory)."""
+    if pair.json_path is None or not pair.json_digest or pair.jpeg_info is None:
+        return pair
+    return dataclasses.replace(pair, metadata_json="")
+
+
+def complete(pair: PreparedInstance, data: bytes) -> PreparedInstance:
+    """A slim pair with its metadata again, from its JSON file's bytes ``data``: the same
+    validation, with the UIDs and JPEG values found the first time.
+
+    Raises:
+      InvalidInputError: ``unreadable`` when the file changed since it was validated.
+    """
+    if not pair.is_slim:
+        return pair
+    if pair.jpeg_info is None or json_digest(data) != pair.json_digest:
+        raise InvalidInputError(Reason.UNREADABLE, "the JSON file changed since it was validated")
+    elements = load_dicom_json(data.decode("utf-8-sig"))
+    for keyword, value in pair.generated_uids:
+        elements[_TAGS[keyword]] = {"vr": "UI", "Value": [value]}
+    again = prepare(
+        elements,
+        pair.jpeg_info,
+        _options_for(pair.sop_class_uid),
+        source=pair.source,
+        json_path=pair.json_path,
+        jpeg_path=pair.jpeg_path,
+        jpeg_size=pair.jpeg_size,
+        folder="",
+        recheck=False,  # the same bytes passed it (the digest says so)
+    )
+    if (again.uids, again.sop_class_uid) != (pair.uids, pair.sop_class_uid):
+        raise InvalidInputError(Reason.UNREADABLE, "the JSON file changed since it was validated")
+    return dataclasses.replace(pair, metadata_json=again.metadata_json)
+
+
+@functools.lru_cache(maxsize=64)
+def _options_for(sop_class_uid: str) -> BuildOptions:
+    # The values were checked (or fixed) at validation; the SOP Class UID may have come from
+    # --sop_class_uid.
+    return BuildOptions(sop_class_uid=sop_class_uid, fix_metadata=True)
 
 
 def load_dicom_json(text: str | bytes) -> dict[str, Any]:
@@ -182,12 +305,17 @@ def prepare(
     jpeg_size: int,
     folder: str,
     content_digest: str = "",
+    json_digest: str = "",
+    recheck: bool = True,
 ) -> PreparedInstance:
     """Validate and complete the metadata of one pair (see the module docstring).
 
     Args:
       content_digest: a digest of the JSON and JPEG bytes; needed only to generate a SOP
         Instance UID.
+      json_digest: ``json_digest`` of the JSON file, when the metadata comes from one (lets a
+        ``slim`` pair be ``complete``d again).
+      recheck: False skips the DICOM JSON check, for metadata that passed it already.
 
     Raises:
       InvalidInputError: ``not_dicom_json``, ``missing_uid``, ``invalid_uid`` or
@@ -196,7 +324,8 @@ def prepare(
     elements = {k.upper(): v for k, v in metadata.items()}
     declared_syntax = _pop_file_meta(elements)
     _pop_pixel_data(elements)
-    dataset_from_json(elements)  # the check only: the elements themselves are kept as given
+    if recheck:
+        dicom_json.check(elements)  # the check only: the elements themselves are kept as given
     generated: list[tuple[str, str]] = []
     for keyword in _UID_KEYWORDS:
         tag = _TAGS[keyword]
@@ -235,6 +364,8 @@ def prepare(
         transfer_syntax_uid=info.transfer_syntax_uid,
         generated_uids=tuple(generated),
         metadata_json=metadata_json,
+        jpeg_info=info,
+        json_digest=json_digest,
     )
 
 
@@ -265,42 +396,19 @@ def _pop_pixel_data(elements: dict[str, Any]) -> None:
 
 
 def _has_bulk_data(value: Any) -> bool:
+    # Scalars are skipped without a call: most values are (this runs for every pair).
     if isinstance(value, dict):
-        return "BulkDataURI" in value or any(_has_bulk_data(v) for v in value.values())
+        if "BulkDataURI" in value:
+            return True
+        return any(_has_bulk_data(v) for v in value.values() if isinstance(v, dict | list))
     if isinstance(value, list):
-        return any(_has_bulk_data(v) for v in value)
+        return any(_has_bulk_data(v) for v in value if isinstance(v, dict | list))
     return False
-
-
-def _check_shape(elements: Any) -> None:
-    """What pydicom lets through: keys of 8 hex digits, objects with a known VR."""
-    if not isinstance(elements, dict):
-        raise ValueError("a dataset must be an object")
-    for tag, element in elements.items():
-        if not (isinstance(tag, str) and _TAG.fullmatch(tag)) or not isinstance(element, dict):
-            raise ValueError("tags must be 8 hex digits mapping to objects")
-        if element.get("vr") not in _VRS:
-            raise ValueError("unknown VR")
-        if element["vr"] == "SQ":
-            for item in element.get("Value") or []:
-                _check_shape(item)
 
 
 def dataset_from_json(elements: dict[str, Any]) -> Dataset:
     """pydicom's Dataset of DICOM JSON elements, or ``InvalidInputError(not_dicom_json)``."""
-    try:
-        _check_shape(elements)
-        with warnings.catch_warnings():
-            # pydicom's warnings quote values, which may be patient data.
-            warnings.simplefilter("ignore")
-            ds = Dataset.from_json(elements)  # converts every value (pydicom 3)
-    except Exception as exc:  # pydicom raises many types; all mean "not DICOM JSON"
-        raise InvalidInputError(
-            Reason.NOT_DICOM_JSON,
-            f"the metadata is not a valid DICOM JSON dataset ({type(exc).__name__}; tags must "
-            "be 8 hex digits with a vr and a Value list)",
-        ) from None
-    return ds
+    return cast(Dataset, dicom_json.from_json(elements))
 
 
 def _generate(

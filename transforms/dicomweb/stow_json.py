@@ -41,6 +41,7 @@ from transforms.dicom.build import (
     TRANSFER_SYNTAX_TAG,
     PreparedInstance,
     build_part10,
+    complete,
 )
 from transforms.dicom.jpeg import read_jpeg_info
 from transforms.dicomweb.multipart import (
@@ -116,7 +117,9 @@ class _PairStowClient(StowClient):
 
     def store_pairs(self, study: str, pairs: Sequence[PreparedInstance]) -> StoreReport:
         """Store the pairs of one study in as few requests as allowed; one outcome per pair."""
+        pairs, incomplete = self._complete(pairs)
         prepared, failed = self._prepare(pairs)
+        failed[:0] = incomplete
         with self._lock:
             for pair, data in prepared:
                 self._in_flight[pair.jpeg_path] = (pair, data)
@@ -129,6 +132,27 @@ class _PairStowClient(StowClient):
                     self._in_flight.pop(pair.jpeg_path, None)
         report.outcomes[:0] = failed
         return report
+
+    def _complete(
+        self, pairs: Sequence[PreparedInstance]
+    ) -> tuple[list[PreparedInstance], list[DeadLetter]]:
+        """Slim pairs get their metadata again, from their JSON files (read now, in this
+        request's thread: the metadata of a pair is in memory only while it is sent)."""
+        done: list[PreparedInstance] = []
+        failed: list[DeadLetter] = []
+        opener = self.opener or _open_local
+        for pair in pairs:
+            try:
+                done.append(complete_from_file(pair, opener))
+            except InvalidInputError as exc:
+                failed.append(_build_failed(pair, exc.reason, exc.message))
+            except OSError as exc:
+                why = f"cannot read the JSON file again ({exc.strerror})"
+                failed.append(_build_failed(pair, Reason.UNREADABLE, why))
+            except Exception as exc:  # one odd pair must not sink its batch
+                why = f"{type(exc).__name__} reading its metadata again"
+                failed.append(_build_failed(pair, Reason.BUILD_FAILED, why))
+        return done, failed
 
     def _prepare(
         self, pairs: Sequence[PreparedInstance]
@@ -211,13 +235,32 @@ def _open_local(path: str) -> BinaryIO:
     return open(path, "rb")  # noqa: SIM115 - closed by the caller
 
 
-def build_from_file(pair: PreparedInstance, opener: Callable[[str], BinaryIO]) -> bytes:
-    """Read the pair's JPEG again, check it is still the JPEG validated, and build the instance.
+def complete_from_file(
+    pair: PreparedInstance, opener: Callable[[str], BinaryIO]
+) -> PreparedInstance:
+    """The pair with its metadata: a slim pair's is derived again from its JSON file.
 
     Raises:
-      InvalidInputError: the JPEG changed since validation (or no longer is a JPEG).
+      InvalidInputError: the JSON file changed since validation.
       OSError: it cannot be read.
     """
+    if not pair.is_slim or pair.json_path is None:
+        return pair
+    with opener(pair.json_path) as stream:
+        data = stream.read()
+    return complete(pair, data)
+
+
+def build_from_file(pair: PreparedInstance, opener: Callable[[str], BinaryIO]) -> bytes:
+    """Read the pair's JPEG (and a slim pair's JSON) again, check the JPEG is still the one
+    validated, and build the instance.
+
+    Raises:
+      InvalidInputError: the JPEG or the JSON changed since validation (or the JPEG no longer
+        is a JPEG).
+      OSError: one cannot be read.
+    """
+    pair = complete_from_file(pair, opener)
     with opener(pair.jpeg_path) as stream:
         jpeg = stream.read()
     info = read_jpeg_info(io.BytesIO(jpeg), len(jpeg))
