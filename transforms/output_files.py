@@ -11,14 +11,19 @@ Beam is imported only for remote prefixes, so the retrieve client stays usable w
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 SPOOL_DIR = ".retrieve-tmp"
 COPY_BLOCK = 1 << 20
+# Spool names: unique per process (its id and a random token) and per file (a counter), without
+# a uuid4 (an entropy read) per file.
+_SPOOL_TOKEN = uuid.uuid4().hex[:12]
+_spool_numbers = itertools.count()
 
 
 def _filesystems() -> Any:
@@ -72,6 +77,9 @@ class OutputFiles:
     """
 
     prefix: str
+    # Local directories known to exist: one makedirs per directory, not per file. Shared by the
+    # threads of a worker; a set's add and lookup are atomic, and a race costs one extra call.
+    _made: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     @property
     def is_local(self) -> bool:
@@ -83,16 +91,28 @@ class OutputFiles:
     def spool(self) -> Spool:
         if self.is_local:
             directory = os.path.join(self.prefix, SPOOL_DIR)
-            os.makedirs(directory, exist_ok=True)
+            self._makedirs(directory)
         else:
             directory = tempfile.gettempdir()
-        return Spool(os.path.join(directory, f"part-{uuid.uuid4().hex}"))
+        path = os.path.join(directory, f"part-{os.getpid()}-{_SPOOL_TOKEN}-{next(_spool_numbers)}")
+        try:
+            return Spool(path)
+        except FileNotFoundError:  # another worker of this output removed it when it finished
+            os.makedirs(directory, exist_ok=True)
+            return Spool(path)
+
+    def _makedirs(self, directory: str) -> None:
+        if directory not in self._made:
+            os.makedirs(directory, exist_ok=True)
+            self._made.add(directory)
 
     def cleanup(self) -> None:
         """Remove the local spool directory if nothing is left in it (a finished run)."""
         if self.is_local:
+            spool_dir = os.path.join(self.prefix, SPOOL_DIR)
+            self._made.discard(spool_dir)
             try:
-                os.rmdir(os.path.join(self.prefix, SPOOL_DIR))
+                os.rmdir(spool_dir)
             except OSError:
                 pass  # absent, or still used by another worker of this output
 
@@ -101,8 +121,13 @@ class OutputFiles:
         spool.close()
         final = self.path(relative)
         if self.is_local:
-            os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
-            os.replace(spool.path, final)
+            directory = os.path.dirname(final) or "."
+            self._makedirs(directory)
+            try:
+                os.replace(spool.path, final)
+            except FileNotFoundError:  # the directory was removed since it was made
+                os.makedirs(directory, exist_ok=True)
+                os.replace(spool.path, final)
             return final
         fs = _filesystems()
         temporary = f"{final}.part-{uuid.uuid4().hex[:12]}"
