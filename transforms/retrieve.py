@@ -33,7 +33,7 @@ from transforms.dicom.uid import check_uid
 from transforms.dicomweb import concurrency
 from transforms.dicomweb.auth import AuthConfig, make_session
 from transforms.dicomweb.qido import iter_qido, page_end_rule
-from transforms.dicomweb.retriever import Retriever, UnitReport
+from transforms.dicomweb.retriever import Retriever, UnitReport, settle_environment
 from transforms.dicomweb.wado import WadoConfig
 from transforms.dicomweb.wado_files import ManifestEntry
 from transforms.errors import DicomwebError, HttpError, InvalidInputError
@@ -251,6 +251,7 @@ class _RetrieveFn(beam.DoFn):
         session = make_session(
             self._auth, pool_size=self._max_concurrency, factory=self._session_factory
         )
+        settle_environment(session, self._config.endpoint.base_url)
         files = OutputFiles(self._output)
         retriever = Retriever(session, self._config, files)
         executor = concurrent.futures.ThreadPoolExecutor(
