@@ -45,7 +45,7 @@ class Spool:
         self._hash = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         assert self._file is not None
         self._file.write(data)
         self._hash.update(data)
