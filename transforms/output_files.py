@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import queue
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -37,31 +39,82 @@ def join(prefix: str, relative: str) -> str:
 
 
 class Spool:
-    """A file being written: counts its bytes and hashes them on the way."""
+    """A file being written: counts its bytes and hashes them on the way.
+
+    Past ``BACKGROUND_AFTER`` bytes (a large instance of a series), writing and hashing move to
+    a thread of the spool's own, fed through a short queue: the disk and sha256 (both release
+    the GIL) then run beside the network reads instead of between them. Memory stays bounded
+    by the queue (``QUEUED_PIECES`` pieces of at most a chunk). An error of that thread is
+    raised by the next ``write`` or by ``close``.
+    """
+
+    BACKGROUND_AFTER = 4 << 20
+    QUEUED_PIECES = 4
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._file: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - closed by close()
         self._hash = hashlib.sha256()
         self.size = 0
+        self._queue: queue.Queue[bytes | memoryview | None] | None = None
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def write(self, data: bytes | memoryview) -> None:
         assert self._file is not None
+        self.size += len(data)
+        if self._queue is None and self.size > self.BACKGROUND_AFTER:
+            self._queue = queue.Queue(self.QUEUED_PIECES)
+            self._writer = threading.Thread(target=self._drain, name="spool", daemon=True)
+            self._writer.start()
+        if self._queue is None:
+            self._put(data)
+            return
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def _put(self, data: bytes | memoryview) -> None:
+        assert self._file is not None
         self._file.write(data)
         self._hash.update(data)
-        self.size += len(data)
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (data := self._queue.get()) is not None:
+            if self._error is None:  # after an error, only empty the queue
+                try:
+                    self._put(data)
+                except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
+                    self._error = exc
+
+    def _finish(self) -> None:
+        if self._writer is not None:
+            assert self._queue is not None
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = self._queue = None
+            if self._error is not None:
+                raise self._error
 
     @property
     def sha256(self) -> str:
+        self._finish()
         return self._hash.hexdigest()
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            try:
+                self._finish()
+            finally:
+                self._file.close()
+                self._file = None
 
     def discard(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the file is going anyway; the writer saw the error
+            pass
         try:
             os.remove(self.path)
         except FileNotFoundError:

@@ -58,3 +58,33 @@ def test_spool_directory_removed_by_another_worker_is_made_again(tmp_path: Path)
     path = files.commit(second, "s/b.dcm")
     assert Path(path).read_bytes() == b"bb" and (tmp_path / "out/s/a.dcm").read_bytes() == b"a"
     assert first.path != second.path
+
+
+def test_a_large_spool_writes_and_hashes_beside_the_reader(tmp_path: Path) -> None:
+    import hashlib  # noqa: PLC0415
+
+    files = OutputFiles(str(tmp_path))
+    spool = files.spool()
+    block = bytes(range(256)) * 4096  # 1 MiB
+    data = [block[i:] for i in range(9)]  # 9 MiB in all, every piece different
+    for piece in data:
+        spool.write(memoryview(piece))
+    assert spool._writer is not None  # noqa: SLF001 - past 4 MiB, in its own thread
+    expected = hashlib.sha256(b"".join(data)).hexdigest()
+    path = files.commit(spool, "big.dcm")
+    assert spool.sha256 == expected and spool.size == sum(map(len, data))
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == expected
+
+
+def test_an_error_of_the_spool_thread_reaches_the_writer(tmp_path: Path) -> None:
+    files = OutputFiles(str(tmp_path))
+    spool = files.spool()
+    spool.write(bytes(5 << 20))  # the thread starts
+    assert spool._file is not None  # noqa: SLF001
+    spool._file.close()  # noqa: SLF001 - the disk goes away: the thread's write fails
+    with pytest.raises(ValueError):  # writing to a closed file
+        for _ in range(10):
+            spool.write(bytes(1 << 20))
+        spool.close()
+    spool.discard()
+    assert not Path(spool.path).exists()
