@@ -59,6 +59,7 @@ class Spool:
         self._queue: queue.Queue[bytes | memoryview | None] | None = None
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.moved = False  # committed: nothing left to remove at ``path``
 
     def write(self, data: bytes | memoryview) -> None:
         assert self._file is not None
@@ -115,6 +116,8 @@ class Spool:
             self.close()
         except Exception:  # noqa: BLE001 - the file is going anyway; the writer saw the error
             pass
+        if self.moved:
+            return
         try:
             os.remove(self.path)
         except FileNotFoundError:
@@ -181,6 +184,7 @@ class OutputFiles:
             except FileNotFoundError:  # the directory was removed since it was made
                 os.makedirs(directory, exist_ok=True)
                 os.replace(spool.path, final)
+            spool.moved = True
             return final
         fs = _filesystems()
         temporary = f"{final}.part-{uuid.uuid4().hex[:12]}"

@@ -13,6 +13,7 @@ or a part shorter or longer than its own ``Content-Length`` raises it with ``bad
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -51,19 +52,12 @@ def media_type(content_type: str) -> str:
 
 def _params(content_type: str) -> list[str]:
     # Split on ; outside quotes: type="application/dicom; transfer-syntax=..." is one parameter.
-    out: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for ch in content_type:
-        if ch == '"':
-            quoted = not quoted
-        if ch == ";" and not quoted:
-            out.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    out.append("".join(current))
-    return out[1:]
+    return [m.group(0) for m in _PARAM.finditer(content_type)][1:]
+
+
+# A run of anything but ; and quotes, or a quoted string (which may hold ;). An unmatched quote
+# is left out: the parameter it would open is malformed anyway.
+_PARAM = re.compile(r'(?:[^;"]|"[^"]*")+')
 
 
 @dataclass(frozen=True)
