@@ -135,13 +135,22 @@ def job_small(units_file: Path, url: str, out: Path, threads: int) -> float:
 
 def alternate(
     rounds: int, a: Callable[[int], float], b: Callable[[int], float]
-) -> tuple[list[float], list[float]]:
-    first, second = [], []
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Wall clock and CPU seconds (this process: user + system, all threads) of each round."""
+    first: list[float] = []
+    second: list[float] = []
+    first_cpu: list[float] = []
+    second_cpu: list[float] = []
     for i in range(rounds):
-        first.append(a(i))
-        second.append(b(i))
-        log(f"round {i + 1}: raw {first[-1]:.2f} s, job {second[-1]:.2f} s")
-    return first, second
+        for fn, wall, cpu in ((a, first, first_cpu), (b, second, second_cpu)):
+            began = time.process_time()
+            wall.append(fn(i))
+            cpu.append(time.process_time() - began)
+        log(
+            f"round {i + 1}: raw {first[-1]:.2f} s ({first_cpu[-1]:.2f} s CPU), "
+            f"job {second[-1]:.2f} s ({second_cpu[-1]:.2f} s CPU)"
+        )
+    return first, second, first_cpu, second_cpu
 
 
 def scenario_small(opts: argparse.Namespace, work: Path) -> dict[str, object]:
@@ -163,7 +172,7 @@ def scenario_small(opts: argparse.Namespace, work: Path) -> dict[str, object]:
         def job(i: int) -> float:
             return job_small(uids, url, work / f"job-small-{i}", opts.concurrency)
 
-        raw_s, job_s = alternate(opts.repeat, raw, job)
+        raw_s, job_s, raw_cpu, job_cpu = alternate(opts.repeat, raw, job)
     n = len(units)
     raw_rate, job_rate = n / statistics.median(raw_s), n / statistics.median(job_s)
     check = work / "job-small-0" / units[0].study / units[0].series / f"{units[0].sop}.dcm"
@@ -177,6 +186,10 @@ def scenario_small(opts: argparse.Namespace, work: Path) -> dict[str, object]:
         "raw_rate": raw_rate,
         "job_rate": job_rate,
         "ratio": job_rate / raw_rate,
+        # Both run in this process on the same cores as Orthanc: CPU is what load changes least.
+        "raw_cpu_ms_per_instance": 1000 * statistics.median(raw_cpu) / n,
+        "job_cpu_ms_per_instance": 1000 * statistics.median(job_cpu) / n,
+        "cpu_ratio": statistics.median(raw_cpu) / statistics.median(job_cpu),
     }
 
 
@@ -310,7 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"small: {small['instances']} instances, raw {small['raw_rate']:,.0f} inst/s, "
                 f"job {small['job_rate']:,.0f} inst/s, ratio {small['ratio']:.2f} "
                 f"(target {RATIO_TARGET}; the job's pipeline alone, without option checks and "
-                f"preflight: {small['job_pipeline_rate']:,.0f} inst/s)"
+                f"preflight: {small['job_pipeline_rate']:,.0f} inst/s); CPU per instance: raw "
+                f"{small['raw_cpu_ms_per_instance']:.2f} ms, "
+                f"job {small['job_cpu_ms_per_instance']:.2f} ms (raw/job {small['cpu_ratio']:.2f})"
             )
         if opts.scenario in ("large", "all"):
             results["large"] = large = scenario_large(opts, work)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -161,3 +163,14 @@ def _unknown_message(unknown: list[str], parser: argparse.ArgumentParser) -> str
         hint = f" (did you mean {close[0]}?)" if close else ""
         parts.append(f"unknown option {name!r}{hint}")
     return "; ".join(parts) + "; see --help"
+
+
+def exit_now(code: int) -> None:
+    """Exit a job's process without the interpreter's teardown: after a run, collecting and
+    finalising Beam's millions of objects takes 0.4 to 1.2 s the user waits for after the
+    summary, for nothing. Logs and standard streams are flushed first (output files are
+    closed by then). For ``if __name__ == "__main__"`` only, never from a library call."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

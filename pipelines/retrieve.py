@@ -11,6 +11,7 @@ options or a failed preflight. A re-run with the same ``--output`` skips complet
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
@@ -24,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
-from pipelines.cli import JobSpec, UsageError, parse_options
+from pipelines.cli import JobSpec, UsageError, exit_now, parse_options
 from pipelines.options import DicomwebOptions, RetrieveOptions, auth_from, endpoint_from, retry_from
 from pipelines.runner_checks import report_without_metrics
 from pipelines.selection import (
@@ -39,11 +40,12 @@ from transforms.dead_letter import DeadLetter, Stage
 from transforms.dicomweb import wado
 from transforms.dicomweb.auth import AuthConfig
 from transforms.errors import InvalidInputError
-from transforms.records import SearchMatch
+from transforms.records import RetrievedFile, SearchMatch
 from transforms.results import RetrieveResult
 from transforms.retrieve import RetrieveFromDicomStore, parse_selection_line
 from transforms.search import SearchDicomStore
 from transforms.targets import Target
+from transforms.write_lines import WriteLines
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -216,23 +218,15 @@ def build(pipeline: beam.Pipeline, settings: RetrieveSettings) -> RetrieveResult
         expected=expected if settings.config.verify else None,  # only --verify reads them
     )
     failed = (*selection_failed, result.failed) | "AllDeadLetters" >> beam.Flatten()
-    _ = (
-        result.retrieved
-        | "RetrievedToJson" >> beam.Map(lambda r: r.to_json())
-        | "WriteManifest" >> _write_lines(settings.output, MANIFEST)
-    )
-    _ = (
-        failed
-        | "DeadLettersToJson" >> beam.Map(lambda r: r.to_json())
-        | "WriteDeadLetters" >> _write_lines(settings.output, "dead_letter")
-    )
+    # Records become JSON lines in the step that writes them (WriteLines: a smaller graph than
+    # WriteToText, and no listing of the output prefix, which holds every retrieved file).
+    _ = result.retrieved | "WriteManifest" >> WriteLines(settings.output, MANIFEST, _to_json)
+    _ = failed | "WriteDeadLetters" >> WriteLines(settings.output, "dead_letter", _to_json)
     return RetrieveResult(retrieved=result.retrieved, failed=failed)
 
 
-def _write_lines(prefix: str, name: str) -> beam.PTransform:
-    return beam.io.WriteToText(
-        f"{prefix}/{name}", file_name_suffix=".jsonl", shard_name_template="-SSSSS-of-NNNNN"
-    )
+def _to_json(record: RetrievedFile | DeadLetter) -> str:
+    return record.to_json()
 
 
 @dataclass(frozen=True)
@@ -292,4 +286,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Objects alive after the imports live until the end: the collector need not scan them.
+    gc.freeze()
+    exit_now(main())

@@ -15,6 +15,7 @@ so memory stays bounded whatever the bundle's size; ``keep=0`` in ``finish_bundl
 from __future__ import annotations
 
 import concurrent.futures
+import queue
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
@@ -22,29 +23,37 @@ T = TypeVar("T")
 
 
 class InFlight(Generic[T]):
-    """Futures with their context, handed back as they finish (oldest finished first)."""
+    """Futures with their context, handed back as they finish (oldest finished first).
+
+    Each future reports its own completion into a queue, so handing back the finished ones
+    costs the same whatever the number in flight (no scan of every pending future per element).
+    """
 
     def __init__(self) -> None:
-        self._pending: list[tuple[concurrent.futures.Future[Any], T]] = []
+        self._pending: dict[concurrent.futures.Future[Any], T] = {}
+        self._done: queue.SimpleQueue[concurrent.futures.Future[Any]] = queue.SimpleQueue()
 
     def __len__(self) -> int:
         return len(self._pending)
 
+    # DoFns hold one from their construction and are pickled then: it travels empty.
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
     def add(self, future: concurrent.futures.Future[Any], context: T) -> None:
-        self._pending.append((future, context))
+        self._pending[future] = context
+        future.add_done_callback(self._done.put)  # at once when it is done already
 
     def finished(self, keep: int) -> Iterator[tuple[concurrent.futures.Future[Any], T]]:
         """Yield the finished futures; while more than ``keep`` are pending, wait for one."""
-        while True:
-            done = [entry for entry in self._pending if entry[0].done()]
-            if not done and len(self._pending) > keep:
-                concurrent.futures.wait(
-                    [future for future, _ in self._pending],
-                    return_when=concurrent.futures.FIRST_COMPLETED,
-                )
-                continue
-            if not done:
-                return
-            for entry in done:
-                self._pending.remove(entry)
-                yield entry
+        while self._pending:
+            try:
+                future = self._done.get_nowait()
+            except queue.Empty:
+                if len(self._pending) <= keep:
+                    return
+                future = self._done.get()
+            yield future, self._pending.pop(future)

@@ -11,14 +11,21 @@ Beam is imported only for remote prefixes, so the retrieve client stays usable w
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import queue
 import tempfile
+import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 SPOOL_DIR = ".retrieve-tmp"
 COPY_BLOCK = 1 << 20
+# Spool names: unique per process (its id and a random token) and per file (a counter), without
+# a uuid4 (an entropy read) per file.
+_SPOOL_TOKEN = uuid.uuid4().hex[:12]
+_spool_numbers = itertools.count()
 
 
 def _filesystems() -> Any:
@@ -32,31 +39,85 @@ def join(prefix: str, relative: str) -> str:
 
 
 class Spool:
-    """A file being written: counts its bytes and hashes them on the way."""
+    """A file being written: counts its bytes and hashes them on the way.
+
+    Past ``BACKGROUND_AFTER`` bytes (a large instance of a series), writing and hashing move to
+    a thread of the spool's own, fed through a short queue: the disk and sha256 (both release
+    the GIL) then run beside the network reads instead of between them. Memory stays bounded
+    by the queue (``QUEUED_PIECES`` pieces of at most a chunk). An error of that thread is
+    raised by the next ``write`` or by ``close``.
+    """
+
+    BACKGROUND_AFTER = 4 << 20
+    QUEUED_PIECES = 4
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._file: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - closed by close()
         self._hash = hashlib.sha256()
         self.size = 0
+        self._queue: queue.Queue[bytes | memoryview | None] | None = None
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.moved = False  # committed: nothing left to remove at ``path``
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        assert self._file is not None
+        self.size += len(data)
+        if self._queue is None and self.size > self.BACKGROUND_AFTER:
+            self._queue = queue.Queue(self.QUEUED_PIECES)
+            self._writer = threading.Thread(target=self._drain, name="spool", daemon=True)
+            self._writer.start()
+        if self._queue is None:
+            self._put(data)
+            return
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def _put(self, data: bytes | memoryview) -> None:
         assert self._file is not None
         self._file.write(data)
         self._hash.update(data)
-        self.size += len(data)
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (data := self._queue.get()) is not None:
+            if self._error is None:  # after an error, only empty the queue
+                try:
+                    self._put(data)
+                except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
+                    self._error = exc
+
+    def _finish(self) -> None:
+        if self._writer is not None:
+            assert self._queue is not None
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = self._queue = None
+            if self._error is not None:
+                raise self._error
 
     @property
     def sha256(self) -> str:
+        self._finish()
         return self._hash.hexdigest()
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            try:
+                self._finish()
+            finally:
+                self._file.close()
+                self._file = None
 
     def discard(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the file is going anyway; the writer saw the error
+            pass
+        if self.moved:
+            return
         try:
             os.remove(self.path)
         except FileNotFoundError:
@@ -72,6 +133,9 @@ class OutputFiles:
     """
 
     prefix: str
+    # Local directories known to exist: one makedirs per directory, not per file. Shared by the
+    # threads of a worker; a set's add and lookup are atomic, and a race costs one extra call.
+    _made: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     @property
     def is_local(self) -> bool:
@@ -83,16 +147,28 @@ class OutputFiles:
     def spool(self) -> Spool:
         if self.is_local:
             directory = os.path.join(self.prefix, SPOOL_DIR)
-            os.makedirs(directory, exist_ok=True)
+            self._makedirs(directory)
         else:
             directory = tempfile.gettempdir()
-        return Spool(os.path.join(directory, f"part-{uuid.uuid4().hex}"))
+        path = os.path.join(directory, f"part-{os.getpid()}-{_SPOOL_TOKEN}-{next(_spool_numbers)}")
+        try:
+            return Spool(path)
+        except FileNotFoundError:  # another worker of this output removed it when it finished
+            os.makedirs(directory, exist_ok=True)
+            return Spool(path)
+
+    def _makedirs(self, directory: str) -> None:
+        if directory not in self._made:
+            os.makedirs(directory, exist_ok=True)
+            self._made.add(directory)
 
     def cleanup(self) -> None:
         """Remove the local spool directory if nothing is left in it (a finished run)."""
         if self.is_local:
+            spool_dir = os.path.join(self.prefix, SPOOL_DIR)
+            self._made.discard(spool_dir)
             try:
-                os.rmdir(os.path.join(self.prefix, SPOOL_DIR))
+                os.rmdir(spool_dir)
             except OSError:
                 pass  # absent, or still used by another worker of this output
 
@@ -101,8 +177,14 @@ class OutputFiles:
         spool.close()
         final = self.path(relative)
         if self.is_local:
-            os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
-            os.replace(spool.path, final)
+            directory = os.path.dirname(final) or "."
+            self._makedirs(directory)
+            try:
+                os.replace(spool.path, final)
+            except FileNotFoundError:  # the directory was removed since it was made
+                os.makedirs(directory, exist_ok=True)
+                os.replace(spool.path, final)
+            spool.moved = True
             return final
         fs = _filesystems()
         temporary = f"{final}.part-{uuid.uuid4().hex[:12]}"

@@ -33,7 +33,7 @@ from transforms.dicom.uid import check_uid
 from transforms.dicomweb import concurrency
 from transforms.dicomweb.auth import AuthConfig, make_session
 from transforms.dicomweb.qido import iter_qido, page_end_rule
-from transforms.dicomweb.retriever import Retriever, UnitReport
+from transforms.dicomweb.retriever import Retriever, UnitReport, settle_environment
 from transforms.dicomweb.wado import WadoConfig
 from transforms.dicomweb.wado_files import ManifestEntry
 from transforms.errors import DicomwebError, HttpError, InvalidInputError
@@ -186,7 +186,7 @@ class _ExpandFn(beam.DoFn):
     ) -> Iterator[object]:
         assert self._shared is not None
         if expansion_url(self._config, target, self._config.unit_level) is None:
-            yield target  # a unit already: no request, no hop through the pool
+            yield _keyed(target)  # a unit already: no request, no hop through the pool
             return
         shared = self._shared
         future = shared.executor.submit(expand_target, shared.session, self._config, target)
@@ -205,7 +205,13 @@ class _ExpandFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
             else:
                 for unit in outcome:
-                    yield WindowedValue(unit, timestamp, (window,))
+                    yield WindowedValue(_keyed(unit), timestamp, (window,))
+
+
+def _keyed(unit: Target) -> tuple[str, tuple[str, str | None, str | None]]:
+    """A unit as it crosses the shuffle: its key (what de-duplicates) and its UIDs as a plain
+    tuple (cheap to encode; read back without parsing and checking the UIDs again)."""
+    return unit.key, (unit.study, unit.series, unit.sop)
 
 
 @dataclass
@@ -239,11 +245,13 @@ class _RetrieveFn(beam.DoFn):
         self._session_factory = session_factory
         self._shared: _Shared | None = None
         self._inflight: InFlight[Any] = InFlight()
+        self._counts = _Counts()
 
     def _create(self) -> _Shared:
         session = make_session(
             self._auth, pool_size=self._max_concurrency, factory=self._session_factory
         )
+        settle_environment(session, self._config.endpoint.base_url)
         files = OutputFiles(self._output)
         retriever = Retriever(session, self._config, files)
         executor = concurrent.futures.ThreadPoolExecutor(
@@ -256,19 +264,25 @@ class _RetrieveFn(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._inflight = InFlight()
+        self._counts = _Counts()
 
     def process(
         self,
-        unit: Target,
+        grouped: tuple[str, Iterable[tuple[str, str | None, str | None]]],
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
-        yield from self._submit(unit, window, timestamp)
+        yield from self._submit(grouped, window, timestamp)
 
     def _submit(
-        self, unit: Target, window: BoundedWindow, timestamp: Timestamp
+        self,
+        grouped: tuple[str, Iterable[tuple[str, str | None, str | None]]],
+        window: BoundedWindow,
+        timestamp: Timestamp,
     ) -> Iterator[object]:
         assert self._shared is not None
+        # Every value of a key names the same unit (the key is made of its UIDs): one fetch.
+        unit = Target(*next(iter(grouped[1])))
         future = self._shared.executor.submit(self._shared.retriever.retrieve, unit)
         self._inflight.add(future, (window, timestamp))
         # Enough queued work to keep the pool busy, without holding a whole bundle in memory.
@@ -276,6 +290,7 @@ class _RetrieveFn(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[object]:
         yield from self._collect(keep=0)
+        self._counts.flush()
 
     def teardown(self) -> None:
         if self._shared is not None:
@@ -284,7 +299,7 @@ class _RetrieveFn(beam.DoFn):
 
     def _collect(self, keep: int) -> Iterator[object]:
         for future, (window, timestamp) in self._inflight.finished(keep):
-            yield from _emit(future.result(), window, timestamp)
+            yield from _emit(future.result(), window, timestamp, self._counts)
 
 
 class _RetrieveWithSideInputsFn(_RetrieveFn):
@@ -295,7 +310,7 @@ class _RetrieveWithSideInputsFn(_RetrieveFn):
 
     def process(  # type: ignore[override]
         self,
-        unit: Target,
+        grouped: tuple[str, Iterable[tuple[str, str | None, str | None]]],
         previous: Mapping[str, ManifestEntry],
         expected: Mapping[str, ManifestEntry],
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
@@ -306,10 +321,29 @@ class _RetrieveWithSideInputsFn(_RetrieveFn):
             self._shared.retriever.previous = previous
         if expected:
             self._shared.retriever.expected = expected
-        yield from self._submit(unit, window, timestamp)
+        yield from self._submit(grouped, window, timestamp)
 
 
-def _emit(report: UnitReport, window: BoundedWindow, timestamp: Timestamp) -> Iterator[object]:
+class _Counts:
+    """Counter increments of a bundle, summed and sent to Beam once at its end: a Beam counter
+    update costs more than the retrieval's own bookkeeping of a small instance."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, int] = {}
+
+    def add(self, name: str, value: int = 1) -> None:
+        if value:
+            self._values[name] = self._values.get(name, 0) + value
+
+    def flush(self) -> None:
+        for name, value in self._values.items():
+            metrics.inc(name, value)
+        self._values.clear()
+
+
+def _emit(
+    report: UnitReport, window: BoundedWindow, timestamp: Timestamp, counts: _Counts
+) -> Iterator[object]:
     files = [o for o in report.outcomes if isinstance(o, RetrievedFile)]
     written = [f for f in files if f.status == STATUS_RETRIEVED]
     progress.for_label("retrieve").add(
@@ -317,21 +351,21 @@ def _emit(report: UnitReport, window: BoundedWindow, timestamp: Timestamp) -> It
         nbytes=sum(f.bytes for f in written),
         failed=len(report.outcomes) - len(files),
     )
-    metrics.inc(metrics.UNITS_RETRIEVED)
-    metrics.inc(metrics.HTTP_REQUESTS, report.stats.requests)
-    metrics.inc(metrics.HTTP_RETRIES, report.stats.retries)
-    metrics.inc(metrics.THROTTLED_MS, int(report.stats.throttled_seconds * 1000))
+    counts.add(metrics.UNITS_RETRIEVED)
+    counts.add(metrics.HTTP_REQUESTS, report.stats.requests)
+    counts.add(metrics.HTTP_RETRIES, report.stats.retries)
+    counts.add(metrics.THROTTLED_MS, int(report.stats.throttled_seconds * 1000))
     for outcome in report.outcomes:
         value = WindowedValue(outcome, timestamp, (window,))
         if isinstance(outcome, RetrievedFile):
             if outcome.status == STATUS_RETRIEVED:
-                metrics.inc(metrics.FILES_RETRIEVED)
-                metrics.inc(metrics.BYTES_RETRIEVED, outcome.bytes)
+                counts.add(metrics.FILES_RETRIEVED)
+                counts.add(metrics.BYTES_RETRIEVED, outcome.bytes)
             else:
-                metrics.inc(metrics.FILES_ALREADY_COMPLETE)
+                counts.add(metrics.FILES_ALREADY_COMPLETE)
             yield value
         else:
-            metrics.count_dead_letter(outcome)
+            metrics.count_dead_letter(outcome)  # rare: counted at once
             yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
 
 
@@ -388,12 +422,6 @@ def parse_selection_line(line: str, line_number: int) -> tuple[Target, ManifestE
     return None if plain is None else (plain, None)
 
 
-def target_from_key(key: str) -> Target:
-    target = parse_target_line(key, 0)
-    assert target is not None
-    return target
-
-
 class RetrieveFromDicomStore(beam.PTransform):
     """``Target`` PCollection -> ``RetrieveResult(retrieved, failed)``.
 
@@ -444,13 +472,10 @@ class RetrieveFromDicomStore(beam.PTransform):
             )
         ).with_outputs(FAILED_TAG, main="units")
         # One shuffle both de-duplicates the units (grouped by their key) and spreads them over
-        # workers (keys are hashed to workers), as Distinct then Reshuffle would in two.
-        units = (
-            expanded.units
-            | "KeyUnits" >> beam.Map(lambda t: (t.key, None))
-            | "DistinctAndSpread" >> beam.GroupByKey()
-            | "KeysToUnits" >> beam.Map(lambda kv: target_from_key(kv[0]))
-        )
+        # workers (keys are hashed to workers), as Distinct then Reshuffle would in two. The
+        # expansion emits (key, UIDs) and the retrieval reads the group: no step of its own
+        # on either side, which is a fair share of a small instance's cost.
+        units = expanded.units | "DistinctAndSpread" >> beam.GroupByKey()
         args = (
             self._config,
             self._output,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -26,15 +27,17 @@ _log = logging.getLogger(__name__)
 
 
 class _WriteBundleFn(beam.DoFn):
-    def __init__(self, temp_dir: str) -> None:
+    def __init__(self, temp_dir: str, to_line: Callable[[Any], str] | None = None) -> None:
         self._temp_dir = temp_dir
+        self._to_line = to_line
         self._file: object | None = None
         self._path = ""
 
     def start_bundle(self) -> None:
         self._file = None
 
-    def process(self, line: str) -> None:
+    def process(self, element: Any) -> None:
+        line = element if self._to_line is None else self._to_line(element)
         if self._file is None:
             self._path = FileSystems.join(self._temp_dir, uuid.uuid4().hex)
             self._file = FileSystems.create(
@@ -71,18 +74,23 @@ def _finalize(
 
 
 class WriteLines(beam.PTransform):
-    """Lines (str) -> shards ``PREFIX/NAME-SSSSS-of-NNNNN.jsonl``; outputs the shard paths."""
+    """Lines (str) -> shards ``PREFIX/NAME-SSSSS-of-NNNNN.jsonl``; outputs the shard paths.
 
-    def __init__(self, prefix: str, name: str) -> None:
+    ``to_line`` turns each element into its line in the same step (records -> JSON without a
+    Map of their own: one step less per element).
+    """
+
+    def __init__(self, prefix: str, name: str, to_line: Callable[[Any], str] | None = None) -> None:
         super().__init__()
         self._prefix = prefix.rstrip("/")
         self._name = name
+        self._to_line = to_line
         self._temp_dir = f"{self._prefix}/.temp-{name}-{uuid.uuid4().hex}"
 
     def expand(self, lines: beam.PCollection) -> beam.PCollection:
         return (
             lines
-            | "WriteBundles" >> beam.ParDo(_WriteBundleFn(self._temp_dir))
+            | "WriteBundles" >> beam.ParDo(_WriteBundleFn(self._temp_dir, self._to_line))
             | "OneKey" >> beam.Map(lambda path: (None, path))
             | "Gather" >> beam.GroupByKey()
             | "Rename"

@@ -13,6 +13,7 @@ or a part shorter or longer than its own ``Content-Length`` raises it with ``bad
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -51,19 +52,12 @@ def media_type(content_type: str) -> str:
 
 def _params(content_type: str) -> list[str]:
     # Split on ; outside quotes: type="application/dicom; transfer-syntax=..." is one parameter.
-    out: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for ch in content_type:
-        if ch == '"':
-            quoted = not quoted
-        if ch == ";" and not quoted:
-            out.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    out.append("".join(current))
-    return out[1:]
+    return [m.group(0) for m in _PARAM.finditer(content_type)][1:]
+
+
+# A run of anything but ; and quotes, or a quoted string (which may hold ;). An unmatched quote
+# is left out: the parameter it would open is malformed anyway.
+_PARAM = re.compile(r'(?:[^;"]|"[^"]*")+')
 
 
 @dataclass(frozen=True)
@@ -215,34 +209,105 @@ class MultipartStream:
         self._received = 0
         return headers
 
-    def body(self) -> Iterator[bytes]:
-        """The current part's bytes, chunk by chunk, up to the next delimiter."""
+    def _take(self, size: int) -> bytes:
+        """The first ``size`` bytes of the buffer, removed from it: one copy (a slice of a
+        bytearray is a copy of its own before ``bytes`` copies it again), and deleting from the
+        front of a bytearray moves no bytes."""
+        if not size:
+            return b""
+        with memoryview(self._buf) as view:
+            piece = bytes(view[:size])
+        del self._buf[:size]
+        return piece
+
+    def body(self) -> Iterator[bytes | memoryview]:
+        """The current part's bytes, piece by piece, up to the next delimiter.
+
+        Large pieces are read-only views of the chunks as they came (no copy of the bulk of a
+        part); they stay valid after the next piece is asked for.
+        """
         if not self._in_body:
             return
         keep = len(self._delimiter) - 1
         searched = 0
         while True:
+            if len(self._buf) <= keep and not self._eof:
+                # The usual case inside a large part: what is left is shorter than a delimiter.
+                # The next chunk is searched where it is and handed over as a view of itself.
+                chunk = self._next_chunk()
+                if chunk is not None:
+                    found = self._piece_of(chunk, keep)
+                    if found is not None:
+                        pieces, ended = found
+                        yield from pieces
+                        if ended:
+                            return
+                        continue
+                    self._buf += chunk  # a delimiter across the chunk's start: the slow way
+                searched = 0
             at = self._buf.find(self._delimiter, searched)
             if at >= 0:
-                if at:
-                    self._received += at
-                    yield bytes(self._buf[:at])
-                del self._buf[: at + len(self._delimiter)]
-                self._in_body = False
-                if self._expected is not None and self._expected != self._received:
-                    raise MultipartError(
-                        Reason.SIZE_MISMATCH,
-                        f"a part announced {self._expected} bytes and held {self._received}",
-                    )
-                self.parts_read += 1
+                # The part ends here: the state moves past it before its last bytes are handed
+                # over, so a reader that stops at them leaves the stream at the next part.
+                last = self._take(at)
+                del self._buf[: len(self._delimiter)]
+                yield from self._end_part(at, last)
                 return
             safe = len(self._buf) - keep
             if safe > 0:
                 self._received += safe
-                yield bytes(self._buf[:safe])
-                del self._buf[:safe]
+                yield self._take(safe)
             searched = max(0, len(self._buf) - keep)
+            if len(self._buf) <= keep and not self._eof:
+                continue
             if not self._fill():
                 self._in_body = False
                 self._done = True
                 raise self._truncated("inside a part")
+
+    def _next_chunk(self) -> bytes | None:
+        for chunk in self._chunks:
+            if chunk:
+                return chunk
+        self._eof = True
+        return None
+
+    def _piece_of(self, chunk: bytes, keep: int) -> tuple[list[bytes | memoryview], bool] | None:
+        """The pieces of a part in ``chunk`` (after the short rest in the buffer) and whether
+        the part ended there; None when a delimiter may start in the rest, or the chunk is small
+        (the caller goes the slow way)."""
+        delimiter = self._delimiter
+        if len(chunk) <= 2 * keep:
+            return None  # small chunks: the buffer is as cheap
+        rest = bytes(self._buf)
+        # A delimiter starting in the rest ends within the chunk's first ``keep`` bytes.
+        if rest and (rest + chunk[:keep]).find(delimiter) >= 0:
+            return None
+        pieces: list[bytes | memoryview] = []
+        if rest:
+            self._received += len(rest)
+            pieces.append(rest)
+            self._buf.clear()
+        view = memoryview(chunk)
+        at = chunk.find(delimiter)
+        if at >= 0:
+            self._buf[:] = view[at + len(delimiter) :]
+            pieces.extend(self._end_part(at, view[:at]))
+            return pieces, True
+        safe = len(chunk) - keep
+        self._received += safe
+        pieces.append(view[:safe])
+        self._buf[:] = view[safe:]
+        return pieces, False
+
+    def _end_part(self, size: int, last: bytes | memoryview) -> list[bytes | memoryview]:
+        """The part's last ``size`` bytes; checks its length, moves the state past it."""
+        self._received += size
+        self._in_body = False
+        if self._expected is not None and self._expected != self._received:
+            raise MultipartError(
+                Reason.SIZE_MISMATCH,
+                f"a part announced {self._expected} bytes and held {self._received}",
+            )
+        self.parts_read += 1
+        return [last] if size else []

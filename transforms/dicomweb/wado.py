@@ -323,6 +323,11 @@ class Answer:
     attempts: int
 
 
+# One generator for the process: seeding one per request (``random.Random()``) reads the OS's
+# entropy and costs about as much as the rest of a small instance's bookkeeping. Back-off jitter
+# needs no more than this (its methods are safe to call from several threads).
+_JITTER = random.Random()
+
 _RETRYABLE_EXCEPTIONS = (
     requests.ConnectionError,
     requests.Timeout,
@@ -348,7 +353,7 @@ def open_stream(
       HttpError: ``retries_exhausted`` (transient failures persisted) or ``tls_error``.
     """
     clock = clock or http.SystemClock()
-    rng = rng or random.Random()
+    rng = rng or _JITTER
     start = clock.monotonic()
     attempt = server_errors = 0
     while True:
