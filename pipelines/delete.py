@@ -42,7 +42,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import preflight
-from pipelines.cli import JobSpec, UsageError, parse_options
+from pipelines.cli import JobSpec, UsageError, parse_options, run_job
 from pipelines.options import DeleteOptions, DicomwebOptions, auth_from, endpoint_from, retry_from
 from pipelines.runner_checks import report_without_metrics
 from pipelines.selection import (
@@ -399,4 +399,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_job(main)

@@ -11,7 +11,6 @@ options or a failed preflight. A re-run with the same ``--output`` skips complet
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 import time
@@ -25,7 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
-from pipelines.cli import JobSpec, UsageError, exit_now, parse_options
+from pipelines.cli import JobSpec, UsageError, parse_options, run_job
 from pipelines.options import DicomwebOptions, RetrieveOptions, auth_from, endpoint_from, retry_from
 from pipelines.runner_checks import report_without_metrics
 from pipelines.selection import (
@@ -286,6 +285,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Objects alive after the imports live until the end: the collector need not scan them.
-    gc.freeze()
-    exit_now(main())
+    run_job(main)

@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
-from pipelines.cli import JobSpec, UsageError, parse_options
+from pipelines.cli import JobSpec, UsageError, parse_options, run_job
 from pipelines.options import (
     DicomwebOptions,
     add_shared_option,
@@ -247,4 +247,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_job(main)

@@ -18,7 +18,6 @@ options or a failed preflight.
 from __future__ import annotations
 
 import csv
-import gc
 import logging
 import sys
 import time
@@ -31,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
-from pipelines.cli import JobSpec, parse_options
+from pipelines.cli import JobSpec, parse_options, run_job
 from pipelines.options import (
     DicomwebOptions,
     StoreJsonJpegOptions,
@@ -42,7 +41,6 @@ from pipelines.options import (
     retry_from,
 )
 from pipelines.runner_checks import report_without_metrics
-from pipelines.store import _exit_now
 from pipelines.summary import (
     MetricsUnavailable,
     StoreSummary,
@@ -313,7 +311,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # As pipelines.store: objects alive after the imports live until the end (the collector
-    # need not scan them), and no interpreter teardown once everything is flushed.
-    gc.freeze()
-    _exit_now(main())
+    run_job(main)
