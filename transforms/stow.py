@@ -345,20 +345,26 @@ def _emit(report: StoreReport, window: BoundedWindow, timestamp: Timestamp) -> I
     metrics.inc(metrics.HTTP_REQUESTS, report.requests)
     metrics.inc(metrics.HTTP_RETRIES, report.retries)
     metrics.add_throttled(report.throttled_seconds)
+    # Counted once per report, not once per instance: a Beam counter update costs ~10 us.
+    duplicates = stored_now = stored_bytes = already_present = 0
     for outcome in report.outcomes:
         value = WindowedValue(outcome, timestamp, (window,))
         if isinstance(outcome, StoredInstance):
             if outcome.duplicate_of is not None:
-                metrics.inc(metrics.INSTANCES_DUPLICATE)
+                duplicates += 1
             elif outcome.status == STATUS_STORED:
-                metrics.inc(metrics.INSTANCES_STORED)
-                metrics.inc(metrics.BYTES_STORED, outcome.bytes)
+                stored_now += 1
+                stored_bytes += outcome.bytes
             else:
-                metrics.inc(metrics.INSTANCES_ALREADY_PRESENT)
+                already_present += 1
             yield value
         else:
             metrics.count_dead_letter(outcome)
             yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
+    metrics.inc(metrics.INSTANCES_DUPLICATE, duplicates)
+    metrics.inc(metrics.INSTANCES_STORED, stored_now)
+    metrics.inc(metrics.BYTES_STORED, stored_bytes)
+    metrics.inc(metrics.INSTANCES_ALREADY_PRESENT, already_present)
 
 
 class WriteToDicomStore(beam.PTransform):
