@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import metrics
@@ -27,6 +26,7 @@ from transforms.errors import InvalidInputError, describe_exception
 from transforms.files import open_source
 from transforms.records import DicomFile
 from transforms.results import ReadResult
+from transforms.spread import Spread
 
 FAILED_TAG = "failed"
 # Paths per element between matching and the header peek: Beam's cost per element (encoding,
@@ -66,16 +66,18 @@ class _MatchFn(beam.DoFn):
     def __init__(self, chunk_size: int) -> None:
         self._chunk_size = chunk_size
 
-    def process(self, patterns: list[str]) -> Iterator[list[FileMetadata]]:
-        found: dict[str, FileMetadata] = {}
+    def process(self, patterns: Iterable[str]) -> Iterator[list[tuple[str, int]]]:
+        # (path, size) tuples, not FileMetadata: Beam encodes tuples natively, but pickles
+        # every FileMetadata at every stage boundary.
+        found: dict[str, int] = {}
         for pattern in patterns:
             for variant in expand_globstar(pattern):
                 for match in FileSystems.match([variant]):
                     for metadata in match.metadata_list:
-                        found.setdefault(metadata.path, metadata)
+                        found.setdefault(metadata.path, metadata.size_in_bytes)
         paths = sorted(found)
         for i in range(0, len(paths), self._chunk_size):
-            yield [found[p] for p in paths[i : i + self._chunk_size]]
+            yield [(p, found[p]) for p in paths[i : i + self._chunk_size]]
 
 
 class _PeekFn(beam.DoFn):
@@ -86,18 +88,17 @@ class _PeekFn(beam.DoFn):
         logging.getLogger("pydicom").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module=r"pydicom\..*")
 
-    def process(self, chunk: list[FileMetadata]) -> Iterable[object]:
+    def process(self, chunk: list[tuple[str, int]]) -> Iterable[object]:
         valid = 0
-        for metadata in chunk:
-            out = _peek_one(metadata)
+        for path, size in chunk:
+            out = _peek_one(path, size)
             valid += isinstance(out, DicomFile)
             yield out
         metrics.inc(metrics.FILES_MATCHED, len(chunk))
         metrics.inc(metrics.FILES_VALID, valid)
 
 
-def _peek_one(metadata: FileMetadata) -> DicomFile | beam.pvalue.TaggedOutput:
-    path, size = metadata.path, metadata.size_in_bytes
+def _peek_one(path: str, size: int) -> DicomFile | beam.pvalue.TaggedOutput:
     try:
         with open_source(path) as stream:
             return peek_dicom(stream, path=path, size=size)
@@ -120,13 +121,25 @@ class ReadAllDicomFiles(beam.PTransform):
     """Patterns (PCollection of str) -> ``ReadResult(files, failed)``."""
 
     def expand(self, patterns: beam.PCollection) -> ReadResult:
-        outputs = (
+        # All patterns in one element, so that a path matched by several is one input.
+        gathered = (
             patterns
-            # All patterns in one element: a path matched by several is one input.
-            | "AllPatterns" >> beam.combiners.ToList()
+            | "KeyPatterns" >> beam.Map(lambda p: (0, p))
+            | "GatherPatterns" >> beam.GroupByKey()
+            | "PatternList" >> beam.Map(lambda kv: sorted(kv[1]))
+        )
+        return gathered | _ReadPatternLists()
+
+
+class _ReadPatternLists(beam.PTransform):
+    """Lists of patterns (each list: one set of inputs) -> ``ReadResult(files, failed)``."""
+
+    def expand(self, pattern_lists: beam.PCollection) -> ReadResult:
+        outputs = (
+            pattern_lists
             | "MatchPatterns" >> beam.ParDo(_MatchFn(CHUNK_SIZE))
             # Matching yields every chunk from one element: spread them over the workers.
-            | "SpreadChunks" >> beam.Reshuffle()
+            | "SpreadChunks" >> Spread()
             | "PeekHeaders" >> beam.ParDo(_PeekFn()).with_outputs(FAILED_TAG, main="files")
         )
         return ReadResult(files=outputs.files, failed=outputs[FAILED_TAG])
@@ -148,4 +161,5 @@ class ReadDicomFiles(beam.PTransform):
         self._patterns = list(patterns)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> ReadResult:
-        return pbegin | "Patterns" >> beam.Create(self._patterns) | ReadAllDicomFiles()
+        # One element holding every pattern: no grouping needed to match each path once.
+        return pbegin | "Patterns" >> beam.Create([self._patterns]) | _ReadPatternLists()

@@ -43,6 +43,7 @@ from transforms.files import open_source
 from transforms.inflight import InFlight
 from transforms.records import STATUS_STORED, DicomFile, StoredInstance, StowBatch
 from transforms.results import StoreResult
+from transforms.spread import Spread
 
 FAILED_TAG = "failed"
 STORED_TAG = "present"  # instances the study lookup found already in the store
@@ -419,7 +420,7 @@ class WriteToDicomStore(beam.PTransform):
         )
         sent = (
             planned.batches
-            | "SpreadBatches" >> beam.Reshuffle()
+            | "SpreadBatches" >> Spread()
             | "PostStow" >> beam.ParDo(_StowFn(**shared)).with_outputs(FAILED_TAG, main="stored")
         )
         stored = (planned[STORED_TAG], sent.stored) | "FlattenStored" >> beam.Flatten()
