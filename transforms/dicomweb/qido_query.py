@@ -17,8 +17,6 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
-
 from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.records import SearchQuery
 
@@ -52,6 +50,10 @@ def resolve_key(text: str) -> str:
     name = text.strip()
     if _HEX_TAG.fullmatch(name):
         return name.upper()
+    # pydicom (with numpy and Pillow behind it) is imported only here: the store job reaches
+    # this module through its existence lookups and must not pay ~0.3 s of imports at start.
+    from pydicom.datadict import tag_for_keyword
+
     tag = tag_for_keyword(name)
     if tag is None:
         raise ValueError(
@@ -63,6 +65,8 @@ def resolve_key(text: str) -> str:
 
 def key_name(tag: str) -> str:
     """The keyword of a tag for messages (the tag itself when the dictionary has none)."""
+    from pydicom.datadict import keyword_for_tag
+
     try:
         return keyword_for_tag(int(tag, 16)) or tag
     except ValueError:
