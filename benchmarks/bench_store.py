@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_store.py [--instances 2000] [--studies 20] \\
         [--concurrency 4] [--batch-size 50] [--repeat 3] \\
-        [--scenario orthanc|sink|memory|all] [--json out.json]
+        [--scenario orthanc|sink|memory|startup|orthanc-process|orthanc-large|sink-upload|all] \\
+        [--large-instances 200] [--job-args '--max_concurrency 4'] [--json out.json]
 
 Scenarios (docs/benchmarks.md says why each is fair):
 
@@ -19,6 +20,21 @@ Scenarios (docs/benchmarks.md says why each is fair):
   (start-up, the run and the exit included) into the sink, against ``python -c "import
   apache_beam"``, alternately for ``--repeat`` rounds (at least 5); medians of wall clock and of
   CPU time (user + system, steadier on a shared machine). Target: job/import <= 1.5.
+
+Issue 9's targets, where every side is a child process (start-up and exit in its wall clock;
+CPU is user + system of the child and what it started; "own rate" is what the side reports for
+its working phase: the job's summary "instances/s once running", the raw client's first POST to
+last answer, UploadToDicomStore's ``run()`` to the end). The job runs with its default options
+(plus ``--job-args``); sides alternate for ``--repeat`` rounds; medians.
+
+* ``orthanc-process``: the job against ``benchmarks/raw_stow.py`` (one POST per instance,
+  8 threads, one pooled session) into the same Orthanc, emptied before every run and checked to
+  hold the N instances after it. Targets: wall raw/job >= 1.0, own rate job/raw >= 1.15.
+* ``orthanc-large``: the same with ``--large-instances`` CT of 512x512 (16-bit, 512 KiB of
+  pixels). Target: own rate job/raw >= 0.95.
+* ``sink-upload``: the job against ``benchmarks/beam_upload.py`` (Beam's own
+  ``UploadToDicomStore``, its client's base URL pointed at the sink) into the sink; the sink's
+  counters must grow by N for each. Targets: wall upload/job >= 3, job's own rate >= 1,000/s.
 
 Temporary files, Orthanc and the sink are removed on exit, also on Ctrl-C.
 """
@@ -1206,7 +1222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{opts.concurrency}, batch size {opts.batch_size}, {opts.repeat} rounds, "
         f"runner {RUNNER}; {facts['cpus']} CPUs, Python {facts['python']}, "
         f"Beam {facts['apache_beam']}, {facts['orthanc']}; took {total:.0f} s"
-    )
+        + (f"; orthanc-large: {opts.large_instances} instances" if "orthanc-large" in opts.scenarios
+           else "")
+        + (f"; job options: {' '.join(opts.job_args)}" if opts.job_args else "")
+    )  # fmt: skip
     print(render_table(rows))
     if opts.json_path is not None:
         payload = {
