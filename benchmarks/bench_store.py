@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_store.py [--instances 2000] [--studies 20] \\
         [--concurrency 4] [--batch-size 50] [--repeat 3] \\
-        [--scenario orthanc|sink|memory|all] [--json out.json]
+        [--scenario orthanc|sink|memory|startup|orthanc-process|orthanc-large|sink-upload|all] \\
+        [--large-instances 200] [--job-args '--max_concurrency 4'] [--json out.json]
 
 Scenarios (docs/benchmarks.md says why each is fair):
 
@@ -20,6 +21,21 @@ Scenarios (docs/benchmarks.md says why each is fair):
   apache_beam"``, alternately for ``--repeat`` rounds (at least 5); medians of wall clock and of
   CPU time (user + system, steadier on a shared machine). Target: job/import <= 1.5.
 
+Issue 9's targets, where every side is a child process (start-up and exit in its wall clock;
+CPU is user + system of the child and what it started; "own rate" is what the side reports for
+its working phase: the job's summary "instances/s once running", the raw client's first POST to
+last answer, UploadToDicomStore's ``run()`` to the end). The job runs with its default options
+(plus ``--job-args``); sides alternate for ``--repeat`` rounds; medians.
+
+* ``orthanc-process``: the job against ``benchmarks/raw_stow.py`` (one POST per instance,
+  8 threads, one pooled session) into the same Orthanc, emptied before every run and checked to
+  hold the N instances after it. Targets: wall raw/job >= 1.0, own rate job/raw >= 1.15.
+* ``orthanc-large``: the same with ``--large-instances`` CT of 512x512 (16-bit, 512 KiB of
+  pixels). Target: own rate job/raw >= 0.95.
+* ``sink-upload``: the job against ``benchmarks/beam_upload.py`` (Beam's own
+  ``UploadToDicomStore``, its client's base URL pointed at the sink) into the sink; the sink's
+  counters must grow by N for each. Targets: wall upload/job >= 3, job's own rate >= 1,000/s.
+
 Temporary files, Orthanc and the sink are removed on exit, also on Ctrl-C.
 """
 
@@ -32,8 +48,10 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import select
+import shlex
 import signal
 import statistics
 import struct
@@ -55,6 +73,8 @@ if str(ROOT) not in sys.path:
 
 import apache_beam  # noqa: E402
 import pydicom  # noqa: E402
+import pydicom.data  # noqa: E402
+import pydicom.uid  # noqa: E402
 import requests  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage  # noqa: E402
@@ -65,7 +85,10 @@ from pipelines.store import run as run_store  # noqa: E402
 from tests.factory import write_ct_instances  # noqa: E402
 from transforms.dicom.peek import peek_dicom  # noqa: E402
 
-SCENARIOS = ("orthanc", "sink", "memory", "startup")
+# The last three are issue 9's targets: every side is a child process (start-up included).
+SCENARIOS = (
+    "orthanc", "sink", "memory", "startup", "orthanc-process", "orthanc-large", "sink-upload"
+)  # fmt: skip
 # What the job uses when no --runner is given (see pipelines.store.run).
 RUNNER = "FnApiRunner"
 ORTHANC_RATIO_TARGET = 0.9
@@ -519,6 +542,8 @@ class Options:
     repeat: int
     scenarios: tuple[str, ...]
     json_path: Path | None
+    large_instances: int = 200
+    job_args: tuple[str, ...] = ()
 
 
 def _rate(m: float) -> str:
@@ -807,6 +832,247 @@ def scenario_startup(opts: Options, work: Path) -> tuple[list[Row], dict[str, An
     return rows, {"runs": runs, "wall_ratio": wall_ratio, "cpu_ratio": cpu_ratio}
 
 
+# --- process scenarios (issue 9's targets): every side a child process, start-up included -----
+
+RAW_THREADS = 8  # the single-instance raw client of issue 9
+PROCESS_WALL_TARGET = 1.0  # orthanc-process: raw wall clock / job wall clock
+PROCESS_OWN_TARGET = 1.15  # orthanc-process: job's own rate / raw client's own rate
+LARGE_OWN_TARGET = 0.95  # orthanc-large
+UPLOAD_WALL_TARGET = 3.0  # sink-upload: UploadToDicomStore wall clock / job wall clock
+LARGE_SIDE = 512
+_ONCE_RUNNING = re.compile(r"\(([\d,.]+) instances/s once running\)")
+_SUMMARY_COUNT = re.compile(r"^\s+(stored|failed)\s+([\d,]+)", re.MULTILINE)
+
+
+@dataclass
+class ProcessRun:
+    """One child process: wall clock and CPU (user + system) from start to exit, and its own
+    rate (instances / the time it spent storing, start-up excluded) as it reports it."""
+
+    instances: int
+    wall: float
+    cpu: float
+    own_rate: float
+
+    @property
+    def rate(self) -> float:
+        return self.instances / self.wall
+
+
+def _run_process(cmd: Sequence[str], what: str) -> tuple[float, float, str]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise BenchError(f"{what} exited with {done.returncode}: {done.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, done.stdout
+
+
+def job_process(
+    pattern: str, url: str, output: Path, *, expected: int, extra: Sequence[str] = ()
+) -> ProcessRun:
+    """``python -m pipelines.store`` with its default options; its summary must say all stored."""
+    cmd = [sys.executable, "-m", "pipelines.store", "--input", pattern, "--dicomweb_url", url,
+           "--output", str(output), *extra]  # fmt: skip
+    wall, cpu, out = _run_process(cmd, "pipelines.store")
+    counts = {k: int(v.replace(",", "")) for k, v in _SUMMARY_COUNT.findall(out)}
+    once = _ONCE_RUNNING.search(out)
+    if counts.get("stored") != expected or counts.get("failed") != 0 or once is None:
+        raise BenchError(f"job: expected {expected} stored, 0 failed; its summary:\n{out}")
+    lines = sum(len(p.read_text().splitlines()) for p in output.glob("stored-*.jsonl"))
+    if lines != expected:
+        raise BenchError(f"job wrote {lines} stored lines, expected {expected}")
+    return ProcessRun(expected, wall, cpu, float(once.group(1).replace(",", "")))
+
+
+def raw_process(pattern: str, url: str, *, expected: int) -> ProcessRun:
+    cmd = [sys.executable, str(BENCH_DIR / "raw_stow.py"), pattern, "--dicomweb_url", url,
+           "--threads", str(RAW_THREADS)]  # fmt: skip
+    wall, cpu, out = _run_process(cmd, "raw client")
+    answer = json.loads(out.strip().splitlines()[-1])
+    if answer["stored"] != expected:
+        raise BenchError(f"raw client stored {answer['stored']} of {expected}")
+    return ProcessRun(expected, wall, cpu, expected / answer["seconds"])
+
+
+def beam_upload_process(pattern: str, base_url: str, *, expected: int) -> ProcessRun:
+    cmd = [sys.executable, str(BENCH_DIR / "beam_upload.py"), "--input", pattern,
+           "--base_url", base_url, "--max_workers", str(RAW_THREADS)]  # fmt: skip
+    wall, cpu, out = _run_process(cmd, "UploadToDicomStore")
+    answer = json.loads(out.strip().splitlines()[-1])
+    if answer["ok"] != expected or answer["failed"]:
+        raise BenchError(f"UploadToDicomStore: {answer} for {expected} files")
+    return ProcessRun(expected, wall, cpu, expected / answer["pipeline_seconds"])
+
+
+def sink_instances(base_url: str) -> int:
+    """Instances the sink has answered as stored so far (its own counter)."""
+    return int(requests.get(f"{base_url}/_sink/counters", timeout=30).json().get("instances", 0))
+
+
+def write_files(directory: Path, *, count: int, studies: int, large: bool = False) -> str:
+    """``count`` CT instances with fresh UIDs in ``directory``; returns their glob.
+
+    Small: copies of pydicom's CT_small.dcm (128x128, 39 KB). Large: the same header with
+    512x512 16-bit pixels (a ramp, 512 KiB of pixel data per file)."""
+    seed = f"bench-{uuid.uuid4().hex[:12]}"
+    if not large:
+        write_ct_instances(directory, count=count, studies=studies, seed=seed)
+        return f"{directory}/*.dcm"
+    directory.mkdir(parents=True, exist_ok=True)
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm", download=False))
+    ds.Rows = ds.Columns = LARGE_SIDE
+    ds.PixelData = b"".join(struct.pack("<H", (i * 7) % 4096) for i in range(LARGE_SIDE**2))
+    for i in range(count):
+        ds.StudyInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[f"{seed}-st-{i % studies}"])
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[f"{seed}-se-{i % studies}"])
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[f"{seed}-sop-{i}"])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        ds.save_as(directory / f"{seed}-{i:06d}.dcm", enforce_file_format=True)
+    return f"{directory}/*.dcm"
+
+
+def _median(runs: Sequence[ProcessRun], attr: str) -> float:
+    return statistics.median(getattr(r, attr) for r in runs)
+
+
+def _side_rows(scenario: str, name: str, runs: Sequence[ProcessRun]) -> Row:
+    n = runs[0].instances
+    return Row(
+        scenario,
+        f"{name}, median of {len(runs)}",
+        f"{_median(runs, 'wall'):.2f} s wall ({_rate(n / _median(runs, 'wall'))}), "
+        f"{_median(runs, 'cpu'):.2f} s CPU ({_median(runs, 'cpu') / n * 1e3:.2f} ms/inst), "
+        f"own rate {_rate(_median(runs, 'own_rate'))}",
+    )
+
+
+def alternate_processes(
+    rounds: int, sides: dict[str, Callable[[int], ProcessRun]], label: str
+) -> dict[str, list[ProcessRun]]:
+    runs: dict[str, list[ProcessRun]] = {name: [] for name in sides}
+    order = list(sides.items())
+    for r in range(rounds):
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            m = fn(r)
+            runs[name].append(m)
+            log(f"{label} round {r + 1}/{rounds}: {name:<10} wall {m.wall:6.2f} s, "
+                f"cpu {m.cpu:6.2f} s, own rate {m.own_rate:8.1f}/s")  # fmt: skip
+    return runs
+
+
+def orthanc_processes(
+    opts: Options, pattern: str, n: int, work: Path, scenario: str
+) -> tuple[list[Row], dict[str, Any]]:
+    """The job against the 8-thread single-instance raw client, both as processes, into the
+    same Orthanc emptied before every run and checked to hold ``n`` instances after it."""
+    if not orthanc_available():
+        log(f"{scenario}: skipped (Orthanc or its DICOMweb plugin is not installed)")
+        return [Row(scenario, "skipped", "Orthanc is not installed")], {"skipped": True}
+    with LocalOrthanc(workdir=None) as orthanc:
+        url = orthanc.dicomweb_url
+
+        def fresh() -> None:
+            orthanc.delete_all()
+            if orthanc.instance_count() != 0:
+                raise BenchError("Orthanc is not empty after delete_all")
+
+        def checked(who: str, m: ProcessRun) -> ProcessRun:
+            if (count := orthanc.instance_count()) != n:
+                raise BenchError(f"{who}: Orthanc holds {count} instances, expected {n}")
+            return m
+
+        def raw(r: int) -> ProcessRun:
+            fresh()
+            return checked("raw client", raw_process(pattern, url, expected=n))
+
+        def job(r: int) -> ProcessRun:
+            fresh()
+            out = work / f"out-{scenario}-{r}"
+            return checked("job", job_process(pattern, url, out, expected=n, extra=opts.job_args))
+
+        runs = alternate_processes(opts.repeat, {"raw": raw, "job": job}, scenario)
+    wall_ratio = _median(runs["raw"], "wall") / _median(runs["job"], "wall")
+    own_ratio = _median(runs["job"], "own_rate") / _median(runs["raw"], "own_rate")
+    own_target = LARGE_OWN_TARGET if scenario == "orthanc-large" else PROCESS_OWN_TARGET
+    rows = [
+        _side_rows(scenario, f"raw client ({RAW_THREADS} threads, 1 instance/POST)", runs["raw"]),
+        _side_rows(scenario, "pipelines.store job", runs["job"]),
+        Row(scenario, "ratio of wall clocks raw/job (start-up and exit included)",
+            f"{wall_ratio:.2f}",
+            *((f">= {PROCESS_WALL_TARGET}", wall_ratio >= PROCESS_WALL_TARGET)
+              if scenario == "orthanc-process" else ())),
+        Row(scenario, "ratio of own rates job/raw", f"{own_ratio:.2f}", f">= {own_target}",
+            own_ratio >= own_target),
+    ]  # fmt: skip
+    data = {k: [asdict(m) for m in v] for k, v in runs.items()}
+    return rows, data | {"wall_ratio": wall_ratio, "own_ratio": own_ratio}
+
+
+def scenario_orthanc_process(opts: Options, work: Path) -> tuple[list[Row], dict[str, Any]]:
+    log(f"orthanc-process: writing {opts.instances} CT instances over {opts.studies} studies")
+    pattern = write_files(work / "process", count=opts.instances, studies=opts.studies)
+    return orthanc_processes(opts, pattern, opts.instances, work, "orthanc-process")
+
+
+def scenario_orthanc_large(opts: Options, work: Path) -> tuple[list[Row], dict[str, Any]]:
+    n = opts.large_instances
+    studies = max(1, n // 50)
+    log(f"orthanc-large: writing {n} CT instances of {LARGE_SIDE}x{LARGE_SIDE} over {studies}")
+    pattern = write_files(work / "large", count=n, studies=studies, large=True)
+    return orthanc_processes(opts, pattern, n, work, "orthanc-large")
+
+
+def scenario_sink_upload(opts: Options, work: Path) -> tuple[list[Row], dict[str, Any]]:
+    """The job against Beam's UploadToDicomStore, both as processes, into the sink."""
+    n = opts.instances
+    log(f"sink-upload: writing {n} CT instances over {opts.studies} studies")
+    pattern = write_files(work / "upload", count=n, studies=opts.studies)
+    with SinkProcess() as sink:
+
+        def arrived(who: str, fn: Callable[[], ProcessRun]) -> ProcessRun:
+            before = sink_instances(sink.base_url)
+            m = fn()
+            if (got := sink_instances(sink.base_url) - before) != n:
+                raise BenchError(f"{who}: the sink received {got} instances, expected {n}")
+            return m
+
+        def beam_upload(r: int) -> ProcessRun:
+            upload = sink.base_url
+            return arrived(
+                "UploadToDicomStore", lambda: beam_upload_process(pattern, upload, expected=n)
+            )
+
+        def job(r: int) -> ProcessRun:
+            out = work / f"out-upload-{r}"
+            return arrived(
+                "job",
+                lambda: job_process(
+                    pattern, sink.dicomweb_url, out, expected=n, extra=opts.job_args
+                ),  # fmt: skip
+            )
+
+        runs = alternate_processes(opts.repeat, {"upload": beam_upload, "job": job}, "sink-upload")
+    wall_ratio = _median(runs["upload"], "wall") / _median(runs["job"], "wall")
+    own = _median(runs["job"], "own_rate")
+    rows = [
+        _side_rows("sink-upload", "Beam's UploadToDicomStore", runs["upload"]),
+        _side_rows("sink-upload", "pipelines.store job", runs["job"]),
+        Row("sink-upload", "ratio of wall clocks upload/job (end to end)", f"{wall_ratio:.2f}",
+            f">= {UPLOAD_WALL_TARGET}", wall_ratio >= UPLOAD_WALL_TARGET),
+        Row("sink-upload", "job's own rate", _rate(own), f">= {SINK_RATE_TARGET:,.0f} inst/s",
+            own >= SINK_RATE_TARGET),
+        Row("sink-upload", "ratio of CPU upload/job",
+            f"{_median(runs['upload'], 'cpu') / _median(runs['job'], 'cpu'):.2f}"),
+    ]  # fmt: skip
+    data = {k: [asdict(m) for m in v] for k, v in runs.items()}
+    return rows, data | {"wall_ratio": wall_ratio, "job_own_rate": own}
+
+
 def machine_facts() -> dict[str, str]:
     orthanc = "not installed"
     if orthanc_available():
@@ -855,8 +1121,16 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--large-instances", type=int, default=200, help="orthanc-large: 512x512 instances"
+    )
+    parser.add_argument(
+        "--job-args",
+        default="",
+        help="process scenarios: extra options of the job, e.g. '--max_concurrency 4'",
+    )
     args = parser.parse_args(argv)
-    for name in ("instances", "studies", "concurrency", "batch_size", "repeat"):
+    for name in ("instances", "studies", "concurrency", "batch_size", "repeat", "large_instances"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.studies > args.instances:
@@ -869,6 +1143,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         repeat=args.repeat,
         scenarios=SCENARIOS if args.scenario == "all" else (args.scenario,),
         json_path=args.json,
+        large_instances=args.large_instances,
+        job_args=tuple(shlex.split(args.job_args)),
     )
 
 
@@ -924,6 +1200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     scenario_rows, data = scenario_sink(opts, corpus, work)
                 elif scenario == "startup":
                     scenario_rows, data = scenario_startup(opts, work)
+                elif scenario == "orthanc-process":
+                    scenario_rows, data = scenario_orthanc_process(opts, work)
+                elif scenario == "orthanc-large":
+                    scenario_rows, data = scenario_orthanc_large(opts, work)
+                elif scenario == "sink-upload":
+                    scenario_rows, data = scenario_sink_upload(opts, work)
                 else:
                     scenario_rows, data = scenario_memory(opts, work)
                 rows += scenario_rows
@@ -940,7 +1222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{opts.concurrency}, batch size {opts.batch_size}, {opts.repeat} rounds, "
         f"runner {RUNNER}; {facts['cpus']} CPUs, Python {facts['python']}, "
         f"Beam {facts['apache_beam']}, {facts['orthanc']}; took {total:.0f} s"
-    )
+        + (f"; orthanc-large: {opts.large_instances} instances" if "orthanc-large" in opts.scenarios
+           else "")
+        + (f"; job options: {' '.join(opts.job_args)}" if opts.job_args else "")
+    )  # fmt: skip
     print(render_table(rows))
     if opts.json_path is not None:
         payload = {

@@ -6,7 +6,9 @@ the client can classify each instance as stored. SOP Class/Instance UIDs are tak
 Part 10 File Meta Information, parsed by hand (no pydicom); nothing is kept. Bodies are read
 as a stream: only the first ``HEAD_BYTES`` of each part are held (enough for any File Meta
 group), so a 1 GB instance costs the sink a few megabytes. QIDO-RS ``GET /dicom-web/studies``
-and ``GET /dicom-web/studies/{study}/instances`` always answer ``[]``. A request of
+and ``GET /dicom-web/studies/{study}/instances`` always answer ``[]``; ``GET /_sink/counters``
+gives the counters as JSON. STOW is also accepted on Google's path form
+(``/projects/.../dicomStores/.../dicomWeb/studies``). A request of
 ``type="application/dicom+json"`` (JSON metadata + JPEG, ``pipelines.store_json_jpeg``) is
 answered from its metadata part.
 
@@ -32,7 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fakes"))
 from loopback_server import LoopbackHTTPServer  # noqa: E402
 
 _LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV"})
-_STOW_PATH = re.compile(r"^/dicom-web/studies(?:/[^/]+)?/?$")
+# Also Google's path form (``UploadToDicomStore`` with its client's base URL pointed here).
+_STOW_PATH = re.compile(
+    r"^(?:/dicom-web|/projects/[^/]+/locations/[^/]+/datasets/[^/]+/dicomStores/[^/]+/dicomWeb)"
+    r"/studies(?:/[^/]+)?/?$"
+)
+COUNTERS_PATH = "/_sink/counters"  # GET: the counters as JSON (not counted as a request)
 _QIDO_PATH = re.compile(r"^/dicom-web/studies(?:/[^/]+/instances)?/?$")
 HEAD_BYTES = 64 * 1024  # of each part kept for _scan_meta; the rest is read and dropped
 _READ_SIZE = 1 << 20
@@ -241,6 +248,10 @@ class _SinkHandler(BaseHTTPRequestHandler):
         return None
 
     def do_GET(self) -> None:
+        if self.path == COUNTERS_PATH:  # the benchmark checks every instance arrived
+            with self.server.sink._lock:
+                body = json.dumps(dict(self.server.sink.counters)).encode()
+            return self._reply(200, "OK", body, "application/json")
         self.server.sink.count(requests=1, qido_requests=1)
         if _QIDO_PATH.match(self.path.split("?", 1)[0]):
             self._reply(200, "OK", b"[]", "application/dicom+json")

@@ -8,12 +8,16 @@ from typing import BinaryIO
 import apache_beam as beam
 import factory
 import google.api_core.exceptions
+import pytest
 from apache_beam.io.filesystem import FileMetadata, MatchResult
 from apache_beam.io.localfilesystem import LocalFileSystem
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from transforms import metrics, read_dicom
 from transforms.read_dicom import ReadAllDicomFiles, ReadDicomFiles, expand_globstar
+from transforms.spread import Spread
 
 
 def test_valid_files_become_records_and_bad_ones_dead_letters(tmp_path: Path) -> None:
@@ -153,3 +157,36 @@ def test_an_object_that_vanished_or_an_internal_error_is_a_dead_letter(tmp_path:
             ),
             label="Failed",
         )
+
+
+# --- store performance: files travel in chunks between matching and the peek -----------------
+
+
+def test_files_in_several_chunks_are_each_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(read_dicom, "CHUNK_SIZE", 2)
+    good = factory.write_ct_instances(tmp_path / "in", count=5, studies=2)
+    (tmp_path / "in" / "junk.dcm").write_bytes(b"not dicom at all")
+    p = TestPipeline()
+    patterns = p | beam.Create([str(tmp_path / "in" / "*"), str(good[0]), str(tmp_path / "**")])
+    result = patterns | ReadAllDicomFiles()
+    assert_that(result.files | beam.Map(lambda f: f.path), equal_to([str(g) for g in good]))
+    assert_that(
+        result.failed | beam.Map(lambda d: (Path(d.source).name, d.reason)),
+        equal_to([("junk.dcm", "not_dicom")]),
+        label="Junk",
+    )
+    run = p.run()
+    run.wait_until_finish()
+    query = run.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    counts = {c.key.metric.name: c.committed for c in query["counters"]}
+    assert counts[metrics.FILES_MATCHED] == 6
+    assert counts[metrics.FILES_VALID] == 5
+
+
+def test_spread_keeps_every_element() -> None:
+    with TestPipeline() as p:
+        values = [("a", 1), ("a", 1), ("b", 2), *((str(i), i) for i in range(50))]
+        out = p | beam.Create(values) | Spread()
+        assert_that(out, equal_to(values))

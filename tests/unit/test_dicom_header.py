@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from pathlib import Path
 
 import factory
@@ -89,3 +90,36 @@ def test_values_of_wanted_tags_are_collected() -> None:
     )
     assert int.from_bytes(scan.values[0x00280010], "little") == 128
     assert scan.has_pixels and scan.transfer_syntax == "1.2.840.10008.1.2.1"
+
+
+# --- store performance: plain elements are skipped in a tight loop (_skip_plain) ---------------
+
+
+def test_a_plain_element_claiming_more_than_the_file_is_truncated_wherever_it_is() -> None:
+    """Every short-VR element of CT_small in turn gets a length past the end of the file: the
+    tight loop must hand it to the general walk, which reports it, never skip past the end."""
+    data = factory.testdata("CT_small.dcm").read_bytes()
+    wanted = frozenset({0x0020000D, 0x0020000E, 0x00080018, 0x00080016})
+    offsets = []
+    position = 132
+    while position + 8 <= len(data):
+        group, element, vr, length = struct.unpack_from("<HH2sH", data, position)
+        if group == 0x7FE0:
+            break
+        if vr in (b"OB", b"OW", b"SQ", b"UN", b"UT"):
+            (length,) = struct.unpack_from("<L", data, position + 8)
+            if length == 0xFFFFFFFF:
+                break  # the walk goes into sequences: enough elements before it
+            position += 12 + length
+            continue
+        if group != 0x0002:
+            offsets.append(position)
+        position += 8 + length
+    assert len(offsets) > 30
+    for offset in offsets:
+        bad = bytearray(data)
+        struct.pack_into("<H", bad, offset + 6, 0xFFFF)
+        bad = bad[: offset + 8 + 100]  # the file ends long before 64 KiB of value
+        with pytest.raises(InvalidInputError) as caught:
+            scan_part10(io.BytesIO(bytes(bad)), len(bad), wanted)
+        assert caught.value.reason == "truncated"

@@ -179,3 +179,30 @@ def test_cli_prints_listening_line() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# --- store performance (issue 9): Beam's UploadToDicomStore is pointed at the sink ------------
+
+
+def test_google_path_form_is_stored_and_counted(sink: StowSink) -> None:
+    """What UploadToDicomStore sends once its client's base URL is the sink (single part to
+    Google's path), and the counters the benchmark reads to check every instance arrived."""
+    google = "/projects/p/locations/r/datasets/d/dicomStores/s/dicomWeb/studies"
+    with requests.Session() as s:
+        r = s.post(
+            sink.base_url + google,
+            data=CT.read_bytes(),
+            headers={"Content-Type": "application/dicom"},
+            timeout=TIMEOUT,
+        )
+        assert r.status_code == 200
+        assert _referenced(r.json()) == [_uids(CT)]
+        other = s.post(
+            sink.base_url + "/projects/p/studies",
+            data=CT.read_bytes(),
+            headers={"Content-Type": "application/dicom"},
+            timeout=TIMEOUT,
+        )
+        assert other.status_code == 404
+        counters = s.get(sink.base_url + "/_sink/counters", timeout=TIMEOUT).json()
+    assert counters == {"requests": 2, "stow_requests": 1, "instances": 1, "failed": 0}

@@ -30,6 +30,13 @@ _META_TAGS = frozenset({META_GROUP_LENGTH_TAG, TRANSFER_SYNTAX_TAG})
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
+# What the walker takes for an explicit VR: any two upper-case letters (a set lookup per element
+# instead of two bytes methods: the walk is the hot loop of a store job).
+_UPPER_PAIRS = frozenset(bytes((a, b)) for a in range(65, 91) for b in range(65, 91))
+# An element header read in one unpack: tag, VR (explicit) and the 16-bit length that follows.
+_HEADER = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
+_LENGTH = {True: struct.Struct("<L"), False: struct.Struct(">L")}
+_SHORT_VRS = _UPPER_PAIRS - _LONG_VRS
 _MAX_WANTED_LENGTH = 1024
 _MAX_DEPTH = 32
 
@@ -57,11 +64,11 @@ class _Reader:
         self._stream = stream
         self.size = size
         stream.seek(0)
-        self._head = stream.read(min(size, HEAD_BLOCK))
+        self.head = stream.read(min(size, HEAD_BLOCK))
 
     def read(self, offset: int, n: int) -> bytes:
-        if offset + n <= len(self._head):
-            return self._head[offset : offset + n]
+        if offset + n <= len(self.head):
+            return self.head[offset : offset + n]
         self._stream.seek(offset)
         return self._stream.read(n)
 
@@ -115,13 +122,26 @@ def _walk(
     delimiter when ``end`` is None inside an item); return where the walk stopped."""
     size = reader.size
     limit = size if end is None else end
-    endian = "<" if little else ">"
-    tag_format = struct.Struct(endian + "HH")
+    head = reader.head
+    head_room = len(head) - 12  # element headers up to here are read from the cached block
+    header_format = _HEADER[little]
+    length_format = _LENGTH[little]
+    # Top-level explicit VR little endian (nearly every file): plain elements are skipped by
+    # _skip_plain; this loop handles the others (wanted tags, pixel data, sequences, odd VRs).
+    plain = depth == 0 and end is None and little and not implicit and not meta_only
+    stops = wanted | PIXEL_TAGS | {ITEM_DELIMITER} if plain else wanted
     while position < limit:
-        header = reader.read(position, 12)
-        if len(header) < 8:
-            raise _truncated("the file ends inside an element header")
-        group, element = tag_format.unpack_from(header)
+        if plain:
+            position = _skip_plain(head, position, size, stops)
+            if position >= limit:
+                break
+        if position <= head_room:
+            buf, at = head, position
+        else:
+            buf, at = reader.read(position, 12), 0
+            if len(buf) < 8:
+                raise _truncated("the file ends inside an element header")
+        group, element, vr, short_length = header_format.unpack_from(buf, at)
         if meta_only and group != 0x0002:
             return position
         tag = group << 16 | element
@@ -129,20 +149,18 @@ def _walk(
             if depth == 0:
                 raise Unsupported("item delimiter at top level")
             return position + 8
-        vr = header[4:6]
-        element_implicit = implicit or not (vr.isalpha() and vr.isupper())
-        if meta_only:
-            element_implicit = False  # File Meta is always explicit VR little endian
+        # File Meta is always explicit VR little endian.
+        element_implicit = not meta_only and (implicit or vr not in _UPPER_PAIRS)
         if element_implicit:
-            (length,) = struct.unpack_from(endian + "L", header, 4)
+            (length,) = length_format.unpack_from(buf, at + 4)
             value_start = position + 8
         elif vr in _LONG_VRS:
-            if len(header) < 12:
+            if len(buf) < at + 12:
                 raise _truncated("the file ends inside an element header")
-            (length,) = struct.unpack_from(endian + "L", header, 8)
+            (length,) = length_format.unpack_from(buf, at + 8)
             value_start = position + 12
         else:
-            (length,) = struct.unpack_from(endian + "H", header, 6)
+            length = short_length
             value_start = position + 8
         if depth == 0 and tag in PIXEL_TAGS and scan is not None:
             scan.has_pixels = True
@@ -177,6 +195,32 @@ def _walk(
         raise Unsupported("an item's elements overrun its length")
     if end is None and depth > 0:
         raise _truncated("the file ends inside a sequence item")
+    return position
+
+
+def _skip_plain(head: bytes, position: int, size: int, stops: frozenset[int]) -> int:
+    """Skip top-level explicit VR little endian elements of defined length that fit in the file
+    and are not in ``stops``, while their headers are in ``head``; return where the first other
+    element starts (the general loop then reads it, and raises if it is cut)."""
+    unpack = _HEADER[True].unpack_from
+    unpack_length = _LENGTH[True].unpack_from
+    room = len(head) - 12
+    while position <= room:
+        group, element, vr, length = unpack(head, position)
+        if group << 16 | element in stops:
+            return position
+        if vr in _SHORT_VRS:
+            after = position + 8 + length
+        elif vr in _LONG_VRS:
+            (length,) = unpack_length(head, position + 8)
+            if length == UNDEFINED_LENGTH:
+                return position
+            after = position + 12 + length
+        else:
+            return position
+        if after > size:
+            return position
+        position = after
     return position
 
 
