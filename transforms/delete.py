@@ -34,8 +34,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter, Reason, Stage
-from transforms.dicomweb import concurrency
-from transforms.dicomweb.auth import AuthConfig, make_session
+from transforms.dicomweb.auth import AuthConfig
 from transforms.dicomweb.delete import (
     DeleteClient,
     DeleteConfig,
@@ -47,7 +46,7 @@ from transforms.dicomweb.delete import (
     uids_of,
 )
 from transforms.dicomweb.endpoint import DicomwebEndpoint
-from transforms.inflight import InFlight
+from transforms.pooled import PooledFn, SessionFactory
 from transforms.records import (
     PLAN_TO_DELETE,
     STATUS_DELETED,
@@ -61,7 +60,6 @@ FAILED_TAG = "failed"
 DEFAULT_MAX_CONCURRENCY = 8
 DEFAULT_MAX_OPERATIONS = 4
 
-SessionFactory = Callable[[], requests.Session]
 Report = GroupPlanReport | DeleteReport
 
 
@@ -79,7 +77,7 @@ def _close(shared: _Shared) -> None:
     shared.session.close()
 
 
-class _PooledFn(beam.DoFn):
+class _PooledFn(PooledFn[_Shared]):
     """Runs each element's work in a per-process pool; emits outcomes on the bundle's thread
     (Beam counters only count there). Subclasses say which pool and which work."""
 
@@ -92,18 +90,17 @@ class _PooledFn(beam.DoFn):
         pool_key: str,
         session_factory: SessionFactory | None,
     ) -> None:
+        super().__init__(
+            auth=auth,
+            max_concurrency=max_concurrency,
+            pool_key=pool_key,
+            session_factory=session_factory,
+        )
         self._config = config
-        self._auth = auth
-        self._max_concurrency = max_concurrency
         self._max_operations = max_operations
-        self._pool_key = pool_key
-        self._session_factory = session_factory
-        self._shared: _Shared | None = None
-        self._inflight: InFlight[Any] = InFlight()
 
-    def _create(self) -> _Shared:
-        pool_size = self._max_concurrency + self._max_operations
-        session = make_session(self._auth, pool_size=pool_size, factory=self._session_factory)
+    def create_shared(self) -> _Shared:
+        session = self.new_session(pool_size=self._max_concurrency + self._max_operations)
         return _Shared(
             session,
             DeleteClient(session, self._config),
@@ -115,11 +112,7 @@ class _PooledFn(beam.DoFn):
             ),
         )
 
-    def setup(self) -> None:
-        self._shared = concurrency.acquire(self._pool_key, self._create, _close)
-
-    def start_bundle(self) -> None:
-        self._inflight = InFlight()
+    close_shared = staticmethod(_close)
 
     def process(
         self,
@@ -127,44 +120,35 @@ class _PooledFn(beam.DoFn):
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
-        assert self._shared is not None
-        pool, work = self._work(self._shared, element)
-        self._inflight.add(pool.submit(work, element), (element, window, timestamp))
+        pool, work = self._work(self.shared(), element)
+        self.submit(pool, work, element, context=(element, window, timestamp))
         # Enough queued work to keep both pools busy, without holding a bundle in memory.
-        yield from self._collect(keep=2 * (self._max_concurrency + self._max_operations))
-
-    def finish_bundle(self) -> Iterator[object]:
-        yield from self._collect(keep=0)
-
-    def teardown(self) -> None:
-        if self._shared is not None:
-            concurrency.release(self._pool_key)
-            self._shared = None
+        yield from self.collect(keep=2 * (self._max_concurrency + self._max_operations))
 
     def _work(
         self, shared: _Shared, element: Any
     ) -> tuple[concurrent.futures.ThreadPoolExecutor, Callable[[Any], Report]]:
         raise NotImplementedError
 
-    def _emit(self, report: Report) -> Iterable[tuple[bool, object]]:
+    def _outcomes(self, report: Report) -> Iterable[tuple[bool, object]]:
         """(is_failure, outcome) pairs of one report, counting metrics."""
         raise NotImplementedError
 
-    def _collect(self, keep: int) -> Iterator[object]:
-        for future, (element, window, timestamp) in self._inflight.finished(keep):
-            try:
-                report = future.result()
-            except Exception as exc:  # the exception boundary: never a failed bundle
-                report = self._unexpected(element, exc)
-            _count(report.tally)
-            for failure, outcome in self._emit(report):
-                value = WindowedValue(outcome, timestamp, (window,))
-                if failure:
-                    assert isinstance(outcome, DeadLetter)
-                    metrics.count_dead_letter(outcome)
-                    yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
-                else:
-                    yield value
+    def emit(self, future: concurrent.futures.Future[Any], context: Any) -> Iterator[object]:
+        element, window, timestamp = context
+        try:
+            report = future.result()
+        except Exception as exc:  # the exception boundary: never a failed bundle
+            report = self._unexpected(element, exc)
+        _count(report.tally)
+        for failure, outcome in self._outcomes(report):
+            value = WindowedValue(outcome, timestamp, (window,))
+            if failure:
+                assert isinstance(outcome, DeadLetter)
+                metrics.count_dead_letter(outcome)
+                yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
+            else:
+                yield value
 
     def _unexpected(self, element: Any, exc: Exception) -> Report:
         raise NotImplementedError
@@ -198,7 +182,7 @@ class _PlanFn(_PooledFn):
     ) -> tuple[concurrent.futures.ThreadPoolExecutor, Callable[[Any], Report]]:
         return shared.requests_pool, shared.client.plan_group
 
-    def _emit(self, report: Report) -> Iterable[tuple[bool, object]]:
+    def _outcomes(self, report: Report) -> Iterable[tuple[bool, object]]:
         assert isinstance(report, GroupPlanReport)
         planned = sum(isinstance(o, PlannedDelete) for o in report.outcomes)
         progress.for_label("plan").add(items=planned, failed=len(report.outcomes) - planned)
@@ -228,7 +212,7 @@ class _DeleteFn(_PooledFn):
         pool = shared.operations_pool if long_running else shared.requests_pool
         return pool, shared.client.delete
 
-    def _emit(self, report: Report) -> Iterable[tuple[bool, object]]:
+    def _outcomes(self, report: Report) -> Iterable[tuple[bool, object]]:
         assert isinstance(report, DeleteReport)
         outcome = report.outcome
         if isinstance(outcome, DeletedTarget):

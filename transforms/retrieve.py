@@ -15,7 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,15 +30,14 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter, Reason, Stage
 from transforms.dicom.uid import check_uid
-from transforms.dicomweb import concurrency
-from transforms.dicomweb.auth import AuthConfig, make_session
+from transforms.dicomweb.auth import AuthConfig
 from transforms.dicomweb.qido import iter_qido, page_end_rule
 from transforms.dicomweb.retriever import Retriever, UnitReport, settle_environment
 from transforms.dicomweb.wado import WadoConfig
 from transforms.dicomweb.wado_files import ManifestEntry
 from transforms.errors import DicomwebError, HttpError, InvalidInputError
-from transforms.inflight import InFlight
 from transforms.output_files import OutputFiles
+from transforms.pooled import PooledFn, SessionFactory
 from transforms.records import STATUS_RETRIEVED, InstanceUids, RetrievedFile
 from transforms.results import RetrieveResult
 from transforms.targets import LEVELS, SERIES, STUDIES, Target, parse_target_line
@@ -46,8 +45,6 @@ from transforms.targets import LEVELS, SERIES, STUDIES, Target, parse_target_lin
 FAILED_TAG = "failed"
 DEFAULT_MAX_CONCURRENCY = 8
 QIDO_PAGE_SIZE = 1000
-
-SessionFactory = Callable[[], requests.Session]
 
 
 def expansion_url(config: WadoConfig, target: Target, unit_level: str) -> str | None:
@@ -137,83 +134,6 @@ def _select_letter(config: WadoConfig, target: Target, url: str, exc: Exception)
     )
 
 
-class _ExpandFn(beam.DoFn):
-    """Target -> units, listing coarser targets with QIDO on a per-process pool (a cohort of
-    thousands of studies is listed ``max_concurrency`` at a time, not one after another)."""
-
-    def __init__(
-        self,
-        config: WadoConfig,
-        auth: AuthConfig,
-        max_concurrency: int,
-        pool_key: str,
-        session_factory: SessionFactory | None,
-    ) -> None:
-        self._config = config
-        self._auth = auth
-        self._max_concurrency = max_concurrency
-        self._pool_key = pool_key
-        self._session_factory = session_factory
-        self._shared: _Listing | None = None
-        self._inflight: InFlight[Any] = InFlight()
-
-    def _create(self) -> _Listing:
-        factory = self._session_factory
-        session = (
-            factory() if factory else make_session(self._auth, pool_size=self._max_concurrency)
-        )
-        executor = concurrent.futures.ThreadPoolExecutor(
-            self._max_concurrency, thread_name_prefix="qido-expand"
-        )
-        return _Listing(session, executor)
-
-    def setup(self) -> None:
-        self._shared = concurrency.acquire(self._pool_key, self._create, _close_listing)
-
-    def teardown(self) -> None:
-        if self._shared is not None:
-            concurrency.release(self._pool_key)
-            self._shared = None
-
-    def start_bundle(self) -> None:
-        self._inflight = InFlight()
-
-    def process(
-        self,
-        target: Target,
-        window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
-        timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
-    ) -> Iterator[object]:
-        assert self._shared is not None
-        if expansion_url(self._config, target, self._config.unit_level) is None:
-            yield _keyed(target)  # a unit already: no request, no hop through the pool
-            return
-        shared = self._shared
-        future = shared.executor.submit(expand_target, shared.session, self._config, target)
-        self._inflight.add(future, (window, timestamp))
-        yield from self._collect(keep=2 * self._max_concurrency)
-
-    def finish_bundle(self) -> Iterator[object]:
-        yield from self._collect(keep=0)
-
-    def _collect(self, keep: int) -> Iterator[object]:
-        for future, (window, timestamp) in self._inflight.finished(keep):
-            outcome = future.result()
-            if isinstance(outcome, DeadLetter):
-                metrics.count_dead_letter(outcome)
-                value = WindowedValue(outcome, timestamp, (window,))
-                yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
-            else:
-                for unit in outcome:
-                    yield WindowedValue(_keyed(unit), timestamp, (window,))
-
-
-def _keyed(unit: Target) -> tuple[str, tuple[str, str | None, str | None]]:
-    """A unit as it crosses the shuffle: its key (what de-duplicates) and its UIDs as a plain
-    tuple (cheap to encode; read back without parsing and checking the UIDs again)."""
-    return unit.key, (unit.study, unit.series, unit.sop)
-
-
 @dataclass
 class _Listing:
     session: requests.Session
@@ -225,7 +145,73 @@ def _close_listing(shared: _Listing) -> None:
     shared.session.close()
 
 
-class _RetrieveFn(beam.DoFn):
+class _ExpandFn(PooledFn[_Listing]):
+    """Target -> units, listing coarser targets with QIDO on a per-process pool (a cohort of
+    thousands of studies is listed ``max_concurrency`` at a time, not one after another)."""
+
+    def __init__(
+        self,
+        config: WadoConfig,
+        auth: AuthConfig,
+        max_concurrency: int,
+        pool_key: str,
+        session_factory: SessionFactory | None,
+    ) -> None:
+        super().__init__(
+            auth=auth,
+            max_concurrency=max_concurrency,
+            pool_key=pool_key,
+            session_factory=session_factory,
+        )
+        self._config = config
+
+    def create_shared(self) -> _Listing:
+        executor = concurrent.futures.ThreadPoolExecutor(
+            self._max_concurrency, thread_name_prefix="qido-expand"
+        )
+        return _Listing(self.new_session(), executor)
+
+    close_shared = staticmethod(_close_listing)
+
+    def process(
+        self,
+        target: Target,
+        window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
+        timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
+    ) -> Iterator[object]:
+        shared = self.shared()
+        if expansion_url(self._config, target, self._config.unit_level) is None:
+            yield _keyed(target)  # a unit already: no request, no hop through the pool
+            return
+        self.submit(
+            shared.executor,
+            expand_target,
+            shared.session,
+            self._config,
+            target,
+            context=(window, timestamp),
+        )
+        yield from self.collect(keep=2 * self._max_concurrency)
+
+    def emit(self, future: concurrent.futures.Future[Any], context: Any) -> Iterator[object]:
+        window, timestamp = context
+        outcome = future.result()
+        if isinstance(outcome, DeadLetter):
+            metrics.count_dead_letter(outcome)
+            value = WindowedValue(outcome, timestamp, (window,))
+            yield beam.pvalue.TaggedOutput(FAILED_TAG, value)
+        else:
+            for unit in outcome:
+                yield WindowedValue(_keyed(unit), timestamp, (window,))
+
+
+def _keyed(unit: Target) -> tuple[str, tuple[str, str | None, str | None]]:
+    """A unit as it crosses the shuffle: its key (what de-duplicates) and its UIDs as a plain
+    tuple (cheap to encode; read back without parsing and checking the UIDs again)."""
+    return unit.key, (unit.study, unit.series, unit.sop)
+
+
+class _RetrieveFn(PooledFn[_Shared]):
     """Retrieves units from a per-process pool; emits outcomes on the bundle's thread."""
 
     def __init__(
@@ -237,20 +223,18 @@ class _RetrieveFn(beam.DoFn):
         pool_key: str,
         session_factory: SessionFactory | None,
     ) -> None:
+        super().__init__(
+            auth=auth,
+            max_concurrency=max_concurrency,
+            pool_key=pool_key,
+            session_factory=session_factory,
+        )
         self._config = config
         self._output = output
-        self._auth = auth
-        self._max_concurrency = max_concurrency
-        self._pool_key = pool_key
-        self._session_factory = session_factory
-        self._shared: _Shared | None = None
-        self._inflight: InFlight[Any] = InFlight()
         self._counts = _Counts()
 
-    def _create(self) -> _Shared:
-        session = make_session(
-            self._auth, pool_size=self._max_concurrency, factory=self._session_factory
-        )
+    def create_shared(self) -> _Shared:
+        session = self.new_session()
         settle_environment(session, self._config.endpoint.base_url)
         files = OutputFiles(self._output)
         retriever = Retriever(session, self._config, files)
@@ -259,11 +243,10 @@ class _RetrieveFn(beam.DoFn):
         )
         return _Shared(session, retriever, executor, files)
 
-    def setup(self) -> None:
-        self._shared = concurrency.acquire(self._pool_key, self._create, _close)
+    close_shared = staticmethod(_close)
 
     def start_bundle(self) -> None:
-        self._inflight = InFlight()
+        super().start_bundle()
         self._counts = _Counts()
 
     def process(
@@ -280,26 +263,20 @@ class _RetrieveFn(beam.DoFn):
         window: BoundedWindow,
         timestamp: Timestamp,
     ) -> Iterator[object]:
-        assert self._shared is not None
+        shared = self.shared()
         # Every value of a key names the same unit (the key is made of its UIDs): one fetch.
         unit = Target(*next(iter(grouped[1])))
-        future = self._shared.executor.submit(self._shared.retriever.retrieve, unit)
-        self._inflight.add(future, (window, timestamp))
+        self.submit(shared.executor, shared.retriever.retrieve, unit, context=(window, timestamp))
         # Enough queued work to keep the pool busy, without holding a whole bundle in memory.
-        yield from self._collect(keep=2 * self._max_concurrency)
+        yield from self.collect(keep=2 * self._max_concurrency)
 
     def finish_bundle(self) -> Iterator[object]:
-        yield from self._collect(keep=0)
+        yield from super().finish_bundle()
         self._counts.flush()
 
-    def teardown(self) -> None:
-        if self._shared is not None:
-            concurrency.release(self._pool_key)
-            self._shared = None
-
-    def _collect(self, keep: int) -> Iterator[object]:
-        for future, (window, timestamp) in self._inflight.finished(keep):
-            yield from _emit(future.result(), window, timestamp, self._counts)
+    def emit(self, future: concurrent.futures.Future[Any], context: Any) -> Iterator[object]:
+        window, timestamp = context
+        yield from _emit(future.result(), window, timestamp, self._counts)
 
 
 class _RetrieveWithSideInputsFn(_RetrieveFn):
@@ -316,11 +293,11 @@ class _RetrieveWithSideInputsFn(_RetrieveFn):
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
-        assert self._shared is not None
+        shared = self.shared()
         if previous:
-            self._shared.retriever.previous = previous
+            shared.retriever.previous = previous
         if expected:
-            self._shared.retriever.expected = expected
+            shared.retriever.expected = expected
         yield from self._submit(grouped, window, timestamp)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +31,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter, Reason, Stage
-from transforms.dicomweb import concurrency
-from transforms.dicomweb.auth import AuthConfig, make_session
+from transforms.dicomweb.auth import AuthConfig
 from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.dicomweb.qido import (
     SearchConfig,
@@ -50,15 +49,13 @@ from transforms.dicomweb.qido_query import (
 )
 from transforms.errors import HttpError
 from transforms.files import open_source
-from transforms.inflight import InFlight
+from transforms.pooled import PooledFn, SessionFactory
 from transforms.records import MatchBatch, SearchMatch, SearchQuery
 from transforms.results import QueriesResult, SearchResult
 
 FAILED_TAG = "failed"
 DEFAULT_MAX_CONCURRENCY = 8
 SPOOL_MEMORY_BYTES = 1 << 20
-
-SessionFactory = Callable[[], requests.Session]
 
 
 @dataclass
@@ -128,7 +125,7 @@ def _close(shared: _Shared) -> None:
     shared.session.close()
 
 
-class _SearchFn(beam.DoFn):
+class _SearchFn(PooledFn[_Shared]):
     """Runs queries on a per-process pool; emits each query's outcome on the bundle's thread."""
 
     def __init__(
@@ -141,20 +138,17 @@ class _SearchFn(beam.DoFn):
         spool_memory: int,
         batch_matches: int,
     ) -> None:
+        super().__init__(
+            auth=auth,
+            max_concurrency=max_concurrency,
+            pool_key=pool_key,
+            session_factory=session_factory,
+        )
         self._config = config
-        self._auth = auth
-        self._max_concurrency = max_concurrency
-        self._pool_key = pool_key
-        self._session_factory = session_factory
         self._spool_memory = spool_memory
         self._batch_matches = batch_matches
-        self._shared: _Shared | None = None
-        self._inflight: InFlight[Any] = InFlight()
 
-    def _create(self) -> _Shared:
-        session = make_session(
-            self._auth, pool_size=self._max_concurrency, factory=self._session_factory
-        )
+    def create_shared(self) -> _Shared:
         executor = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="qido"
         )
@@ -163,13 +157,9 @@ class _SearchFn(beam.DoFn):
         pages = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="qido-page"
         )
-        return _Shared(session, executor, pages)
+        return _Shared(self.new_session(), executor, pages)
 
-    def setup(self) -> None:
-        self._shared = concurrency.acquire(self._pool_key, self._create, _close)
-
-    def start_bundle(self) -> None:
-        self._inflight = InFlight()
+    close_shared = staticmethod(_close)
 
     def process(
         self,
@@ -177,26 +167,23 @@ class _SearchFn(beam.DoFn):
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
-        assert self._shared is not None
-        shared = self._shared
-        future = shared.executor.submit(
-            answer, shared.session, self._config, query, self._spool_memory, shared.pages
+        shared = self.shared()
+        self.submit(
+            shared.executor,
+            answer,
+            shared.session,
+            self._config,
+            query,
+            self._spool_memory,
+            shared.pages,
+            context=(window, timestamp),
         )
-        self._inflight.add(future, (window, timestamp))
         # Enough queued queries to keep the pool busy, few enough finished spools waiting.
-        yield from self._collect(keep=2 * self._max_concurrency)
+        yield from self.collect(keep=2 * self._max_concurrency)
 
-    def finish_bundle(self) -> Iterator[object]:
-        yield from self._collect(keep=0)
-
-    def teardown(self) -> None:
-        if self._shared is not None:
-            concurrency.release(self._pool_key)
-            self._shared = None
-
-    def _collect(self, keep: int) -> Iterator[object]:
-        for future, (window, timestamp) in self._inflight.finished(keep):
-            yield from _emit(future.result(), window, timestamp, self._batch_matches)
+    def emit(self, future: concurrent.futures.Future[Any], context: Any) -> Iterator[object]:
+        window, timestamp = context
+        yield from _emit(future.result(), window, timestamp, self._batch_matches)
 
 
 def _emit(

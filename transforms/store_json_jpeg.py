@@ -26,7 +26,7 @@ import concurrent.futures
 import dataclasses
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +41,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter, Reason, Stage
 from transforms.dicom.build import PairRow, PreparedInstance, from_row, to_row
-from transforms.dicomweb import concurrency
-from transforms.dicomweb.auth import AuthConfig, make_session
+from transforms.dicomweb.auth import AuthConfig
 from transforms.dicomweb.batching import plan_study
 from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.dicomweb.stow import StoreReport, StowConfig
@@ -54,7 +53,7 @@ from transforms.dicomweb.stow_json import (
 )
 from transforms.errors import InvalidInputError
 from transforms.files import open_source
-from transforms.inflight import InFlight
+from transforms.pooled import PooledFn, SessionFactory
 from transforms.records import (
     STATUS_BUILT,
     STATUS_STORED,
@@ -71,7 +70,6 @@ from transforms.stow import (
 
 FAILED_TAG = "failed"
 MODES = ("server", "client")
-SessionFactory = Callable[[], requests.Session]
 
 
 def instance_path(directory: str, pair: PreparedInstance) -> str:
@@ -229,7 +227,7 @@ def _close(shared: _Shared) -> None:
 Batch = tuple[str, tuple[PreparedInstance, ...]]
 
 
-class _PairStowFn(beam.DoFn):
+class _PairStowFn(PooledFn[_Shared]):
     """Sends batches of pairs from a per-process pool; emits outcomes on the bundle's thread."""
 
     def __init__(
@@ -241,19 +239,17 @@ class _PairStowFn(beam.DoFn):
         session_factory: SessionFactory | None,
         mode: str,
     ) -> None:
-        self._config = config
-        self._auth = auth
-        self._max_concurrency = max_concurrency
-        self._pool_key = pool_key
-        self._session_factory = session_factory
-        self._mode = mode
-        self._shared: _Shared | None = None
-        self._inflight: InFlight[Any] = InFlight()
-
-    def _create(self) -> _Shared:
-        session = make_session(
-            self._auth, pool_size=self._max_concurrency, factory=self._session_factory
+        super().__init__(
+            auth=auth,
+            max_concurrency=max_concurrency,
+            pool_key=pool_key,
+            session_factory=session_factory,
         )
+        self._config = config
+        self._mode = mode
+
+    def create_shared(self) -> _Shared:
+        session = self.new_session()
         kind = Part10StowClient if self._mode == "client" else JsonJpegStowClient
         client = kind(session, self._config, opener=open_source)
         executor = concurrent.futures.ThreadPoolExecutor(
@@ -261,11 +257,7 @@ class _PairStowFn(beam.DoFn):
         )
         return _Shared(session, client, executor)
 
-    def setup(self) -> None:
-        self._shared = concurrency.acquire(self._pool_key, self._create, _close)
-
-    def start_bundle(self) -> None:
-        self._inflight = InFlight()
+    close_shared = staticmethod(_close)
 
     def process(
         self,
@@ -273,24 +265,21 @@ class _PairStowFn(beam.DoFn):
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[Any]:
-        assert self._shared is not None
+        shared = self.shared()
         for study, rows in element[1]:
-            batch = (study, tuple(from_row(r) for r in rows))
-            future = self._shared.executor.submit(self._shared.client.store_pairs, *batch)
-            self._inflight.add(future, (batch, window, timestamp))
-            yield from self._collect(keep=2 * self._max_concurrency)
+            pairs = tuple(from_row(r) for r in rows)
+            self.submit(
+                shared.executor,
+                shared.client.store_pairs,
+                study,
+                pairs,
+                context=(pairs, window, timestamp),
+            )
+            yield from self.collect(keep=2 * self._max_concurrency)
 
-    def finish_bundle(self) -> Iterator[Any]:
-        yield from self._collect(keep=0)
-
-    def teardown(self) -> None:
-        if self._shared is not None:
-            concurrency.release(self._pool_key)
-            self._shared = None
-
-    def _collect(self, keep: int) -> Iterator[Any]:
-        for future, ((_, pairs), window, timestamp) in self._inflight.finished(keep):
-            yield from _emit(_report(future, pairs), pairs, window, timestamp)
+    def emit(self, future: concurrent.futures.Future[Any], context: Any) -> Iterator[object]:
+        pairs, window, timestamp = context
+        yield from _emit(_report(future, pairs), pairs, window, timestamp)
 
 
 def _report(

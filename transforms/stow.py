@@ -17,10 +17,11 @@ unexpected error is an ``internal_error`` dead letter for the files concerned.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +34,13 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter, Reason, Stage
-from transforms.dicomweb import concurrency
-from transforms.dicomweb.auth import AuthConfig, make_session
+from transforms.dicomweb.auth import AuthConfig
 from transforms.dicomweb.batching import batch_files, dedupe_study
 from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.dicomweb.stow import Outcome, StoreReport, StowClient, StowConfig, twin_outcomes
 from transforms.errors import HttpError, describe_exception
 from transforms.files import open_source
-from transforms.inflight import InFlight
+from transforms.pooled import PooledFn, SessionFactory
 from transforms.records import STATUS_STORED, DicomFile, StoredInstance, StowBatch
 from transforms.results import StoreResult
 from transforms.spread import Spread
@@ -53,7 +53,6 @@ DEFAULT_BATCH_SIZE = 50
 DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_CONCURRENCY = 8
 
-SessionFactory = Callable[[], requests.Session]
 _log = logging.getLogger(__name__)
 
 
@@ -73,7 +72,7 @@ def _close(shared: _Shared) -> None:
     shared.session.close()
 
 
-class _SharedClientFn(beam.DoFn):
+class _SharedClientFn(PooledFn[_Shared]):
     """A DoFn using the per-process session, client and pool of its transform."""
 
     def __init__(
@@ -84,32 +83,23 @@ class _SharedClientFn(beam.DoFn):
         pool_key: str,
         session_factory: SessionFactory | None,
     ) -> None:
-        self._config = config
-        self._auth = auth
-        self._max_concurrency = max_concurrency
-        self._pool_key = pool_key
-        self._session_factory = session_factory
-        self._shared: _Shared | None = None
-
-    def _create(self) -> _Shared:
-        session = make_session(
-            self._auth, pool_size=self._max_concurrency, factory=self._session_factory
+        super().__init__(
+            auth=auth,
+            max_concurrency=max_concurrency,
+            pool_key=pool_key,
+            session_factory=session_factory,
         )
+        self._config = config
+
+    def create_shared(self) -> _Shared:
+        session = self.new_session()
         client = StowClient(session, self._config, opener=open_source)
         executor = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="stow"
         )
         return _Shared(session, client, executor)
 
-    def setup(self) -> None:
-        self._setup_error: str | None = None
-        try:
-            self._shared = concurrency.acquire(self._pool_key, self._create, _close)
-        except Exception as exc:
-            # Credentials that cannot be built (an unset variable, no Application Default
-            # Credentials...): every file becomes a dead letter saying so, not a crashed job.
-            self._setup_error = f"cannot set up the HTTP session ({describe_exception(exc)})"
-            _log.error("%s", self._setup_error)
+    close_shared = staticmethod(_close)
 
     def _unusable(
         self, files: Iterable[DicomFile], window: BoundedWindow, timestamp: Timestamp
@@ -119,16 +109,11 @@ class _SharedClientFn(beam.DoFn):
                 stage=Stage.STORE,
                 source=f.path,
                 reason=Reason.CREDENTIALS_ERROR,
-                message=self._setup_error or "no HTTP session",
+                message=self.setup_error or "no HTTP session",
                 uids=f.uids,
             )
             metrics.count_dead_letter(letter)
             yield beam.pvalue.TaggedOutput(FAILED_TAG, WindowedValue(letter, timestamp, (window,)))
-
-    def teardown(self) -> None:
-        if self._shared is not None:
-            concurrency.release(self._pool_key)
-            self._shared = None
 
 
 def content_hash(f: DicomFile) -> str:
@@ -192,10 +177,6 @@ class _PlanBatchesFn(_SharedClientFn):
         super().__init__(**kwargs)
         self._max_count = max_count
         self._max_bytes = max_bytes
-        self._inflight: InFlight[Any] = InFlight()
-
-    def start_bundle(self) -> None:
-        self._inflight = InFlight()
 
     def process(
         self,
@@ -208,22 +189,20 @@ class _PlanBatchesFn(_SharedClientFn):
         if self._shared is None:
             yield from _decided(self._unusable(files, window, timestamp), window, timestamp)
             return
-        future = self._shared.executor.submit(self._plan, study, files)
-        self._inflight.add(future, (study, files, window, timestamp))
-        yield from self._collect(keep=2 * self._max_concurrency)
+        self.submit(
+            self._shared.executor, self._plan, study, files, context=(files, window, timestamp)
+        )
+        yield from self.collect(keep=2 * self._max_concurrency)
 
-    def finish_bundle(self) -> Iterator[object]:
-        yield from self._collect(keep=0)
-
-    def _collect(self, keep: int) -> Iterator[object]:
-        for future, (_study, files, window, timestamp) in self._inflight.finished(keep):
-            try:
-                plan = future.result()
-            except Exception as exc:  # the boundary: this study's files become dead letters
-                letters = _internal_errors(files, exc, window, timestamp)
-                yield from _decided(letters, window, timestamp)
-                continue
-            yield from _decided(self._emit_plan(plan, window, timestamp), window, timestamp)
+    def emit(self, future: concurrent.futures.Future[Any], context: Any) -> Iterator[object]:
+        files, window, timestamp = context
+        try:
+            plan = future.result()
+        except Exception as exc:  # the boundary: this study's files become dead letters
+            letters = _internal_errors(files, exc, window, timestamp)
+            yield from _decided(letters, window, timestamp)
+            return
+        yield from _decided(self._emit_plan(plan, window, timestamp), window, timestamp)
 
     def _plan(self, study: str, files: list[DicomFile]) -> _StudyPlan:
         """Runs on a pool thread: no Beam metrics here."""
@@ -309,13 +288,6 @@ def _as(tag: str, value: object) -> beam.pvalue.TaggedOutput:
 class _StowFn(_SharedClientFn):
     """Sends batches from a per-process pool; emits outcomes on the bundle's thread."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._inflight: InFlight[Any] = InFlight()
-
-    def start_bundle(self) -> None:
-        self._inflight = InFlight()
-
     def process(
         self,
         batch: StowBatch | _Decided,
@@ -333,19 +305,18 @@ class _StowFn(_SharedClientFn):
             )
             return
         # The study was looked up once, before its batches were spread (see _PlanBatchesFn).
-        future = self._shared.executor.submit(
-            self._shared.client.store, batch, check_existing=False
+        self.submit(
+            self._shared.executor,
+            functools.partial(self._shared.client.store, check_existing=False),
+            batch,
+            context=(batch, window, timestamp),
         )
-        self._inflight.add(future, (batch, window, timestamp))
         # Enough queued work to keep the pool busy, without holding a whole bundle in memory.
-        yield from self._collect(keep=2 * self._max_concurrency)
+        yield from self.collect(keep=2 * self._max_concurrency)
 
-    def finish_bundle(self) -> Iterator[object]:
-        yield from self._collect(keep=0)
-
-    def _collect(self, keep: int) -> Iterator[object]:
-        for future, (batch, window, timestamp) in self._inflight.finished(keep):
-            yield from _emit(_report_of(future, batch), window, timestamp)
+    def emit(self, future: concurrent.futures.Future[Any], context: Any) -> Iterator[object]:
+        batch, window, timestamp = context
+        yield from _emit(_report_of(future, batch), window, timestamp)
 
 
 def _report_of(future: concurrent.futures.Future[StoreReport], batch: StowBatch) -> StoreReport:
@@ -435,7 +406,7 @@ class WriteToDicomStore(beam.PTransform):
         self._pool_key = f"stow-{uuid.uuid4().hex}"
 
     def expand(self, files: beam.PCollection) -> StoreResult:
-        shared = {
+        shared: dict[str, Any] = {
             "config": self._config,
             "auth": self._auth,
             "max_concurrency": self._max_concurrency,
