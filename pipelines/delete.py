@@ -31,7 +31,6 @@ a failed preflight, or a refusal (no ``--yes``, past ``--max_targets``).
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -43,8 +42,14 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines import preflight
 from pipelines.cli import JobSpec, UsageError, parse_options, run_job
+from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
+    EXIT_CRASH,
+    EXIT_DEAD_LETTERS,
+    EXIT_OK,
+    EXIT_USAGE,
+    job_main,
+)
 from pipelines.options import DeleteOptions, DicomwebOptions, auth_from, endpoint_from, retry_from
-from pipelines.runner_checks import report_without_metrics
 from pipelines.selection import (
     Selection,
     SelectionOptions,
@@ -52,7 +57,7 @@ from pipelines.selection import (
     search_config,
     selection_from,
 )
-from pipelines.summary import DeleteSummary, MetricsUnavailable, counter_values
+from pipelines.summary import DeleteSummary, counter_values
 from transforms import metrics
 from transforms.dead_letter import DeadLetter, Reason, Stage
 from transforms.delete import DeleteFromDicomStore, PlanDeletes
@@ -63,10 +68,6 @@ from transforms.errors import InvalidInputError
 from transforms.records import SearchMatch
 from transforms.search import SearchDicomStore
 from transforms.targets import STUDIES, Target, parse_level, parse_target_line
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_DEAD_LETTERS = 3
 
 SPEC = JobSpec(
     module="pipelines.delete",
@@ -375,17 +376,11 @@ def run(argv: Sequence[str] | None = None) -> DeleteRun | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    try:
-        delete_run = run(argv)
-    except MetricsUnavailable:  # e.g. a Dataflow --dry_run build: say so, no zeros
-        return report_without_metrics("delete", argv)
-    except (ValueError, preflight.PreflightError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if delete_run is None:
-        return EXIT_OK
+    return job_main("delete", argv, run, _report)
+
+
+def _report(delete_run: DeleteRun) -> int:
+    """Prints the summary of a finished run; its exit code."""
     output = delete_run.settings.output
     if delete_run.refused:
         print(f"error: {delete_run.refused}", file=sys.stderr)

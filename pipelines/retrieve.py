@@ -11,8 +11,6 @@ options or a failed preflight. A re-run with the same ``--output`` skips complet
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,8 +23,14 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
 from pipelines.cli import JobSpec, UsageError, parse_options, run_job
+from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
+    EXIT_CRASH,
+    EXIT_DEAD_LETTERS,
+    EXIT_OK,
+    EXIT_USAGE,
+    job_main,
+)
 from pipelines.options import DicomwebOptions, RetrieveOptions, auth_from, endpoint_from, retry_from
-from pipelines.runner_checks import report_without_metrics
 from pipelines.selection import (
     Selection,
     SelectionOptions,
@@ -34,7 +38,7 @@ from pipelines.selection import (
     search_config,
     selection_from,
 )
-from pipelines.summary import MetricsUnavailable, RetrieveSummary
+from pipelines.summary import RetrieveSummary
 from transforms.dead_letter import DeadLetter, Stage
 from transforms.dicomweb import wado
 from transforms.dicomweb.auth import AuthConfig
@@ -46,9 +50,6 @@ from transforms.search import SearchDicomStore
 from transforms.targets import Target
 from transforms.write_lines import WriteLines
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_DEAD_LETTERS = 3
 MANIFEST = "retrieved"
 
 SPEC = JobSpec(
@@ -265,17 +266,11 @@ def run(argv: Sequence[str] | None = None) -> RetrieveRun | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    try:
-        retrieve_run = run(argv)
-    except MetricsUnavailable:  # e.g. a Dataflow --dry_run build: say so, no zeros
-        return report_without_metrics("retrieve", argv)
-    except (ValueError, preflight.PreflightError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if retrieve_run is None:
-        return EXIT_OK
+    return job_main("retrieve", argv, run, _report)
+
+
+def _report(retrieve_run: RetrieveRun) -> int:
+    """Prints the summary of a finished run; its exit code."""
     output = retrieve_run.settings.output
     print(
         retrieve_run.summary.render(f"{output}/{MANIFEST}-*.jsonl, {output}/dead_letter-*.jsonl"),

@@ -19,8 +19,6 @@ import argparse
 import csv
 import dataclasses
 import io
-import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +29,13 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
 from pipelines.cli import JobSpec, UsageError, parse_options, run_job
+from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
+    EXIT_CRASH,
+    EXIT_DEAD_LETTERS,
+    EXIT_OK,
+    EXIT_USAGE,
+    job_main,
+)
 from pipelines.options import (
     DicomwebOptions,
     add_shared_option,
@@ -39,7 +44,6 @@ from pipelines.options import (
     positive_int,
     retry_from,
 )
-from pipelines.runner_checks import report_without_metrics
 from pipelines.selection import (
     Selection,
     SelectionOptions,
@@ -47,7 +51,7 @@ from pipelines.selection import (
     search_config,
     selection_from,
 )
-from pipelines.summary import MetricsUnavailable, SearchSummary
+from pipelines.summary import SearchSummary
 from transforms.dicomweb.auth import AuthConfig
 from transforms.dicomweb.qido import SearchConfig
 from transforms.dicomweb.qido_query import INCLUDE_ALL, element_text, key_name, resolve_key
@@ -55,9 +59,6 @@ from transforms.records import MatchBatch
 from transforms.results import SearchResult
 from transforms.search import DEFAULT_MAX_CONCURRENCY, SearchDicomStore
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_DEAD_LETTERS = 3
 MATCHES_PER_ELEMENT = 500
 
 
@@ -227,17 +228,11 @@ def run(argv: Sequence[str] | None = None) -> SearchRun | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    try:
-        search_run = run(argv)
-    except MetricsUnavailable:  # e.g. a Dataflow --dry_run build: say so, no zeros
-        return report_without_metrics("search", argv)
-    except (ValueError, preflight.PreflightError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if search_run is None:
-        return EXIT_OK
+    return job_main("search", argv, run, _report)
+
+
+def _report(search_run: SearchRun) -> int:
+    """Prints the summary of a finished run; its exit code."""
     output = search_run.settings.output
     outputs = f"{output}/results-*.jsonl"
     if search_run.settings.csv_fields:

@@ -13,7 +13,6 @@ results (unless --overwrite) or not writable, or a failed preflight; 1 if the jo
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,19 +23,19 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
 from pipelines.cli import JobSpec, parse_options, run_job
+from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
+    EXIT_CRASH,
+    EXIT_DEAD_LETTERS,
+    EXIT_OK,
+    EXIT_USAGE,
+    job_main,
+)
 from pipelines.options import DicomwebOptions, StoreOptions, StoreSettings, store_settings
-from pipelines.runner_checks import report_without_metrics
-from pipelines.summary import MetricsUnavailable, StoreSummary, seconds_since_launch
-from transforms.errors import describe_exception
+from pipelines.summary import StoreSummary, seconds_since_launch
 from transforms.read_dicom import ReadDicomFiles
 from transforms.results import StoreResult
 from transforms.stow import WriteToDicomStore
 from transforms.write_lines import WriteLines
-
-EXIT_OK = 0
-EXIT_CRASH = 1
-EXIT_USAGE = 2
-EXIT_DEAD_LETTERS = 3
 
 SPEC = JobSpec(
     module="pipelines.store",
@@ -121,22 +120,11 @@ def run(argv: Sequence[str] | None = None) -> StoreRun | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    try:
-        store_run = run(argv)
-    except MetricsUnavailable:  # e.g. a Dataflow --dry_run build: say so, no zeros
-        return report_without_metrics("store", argv)
-    except (ValueError, preflight.PreflightError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:  # a bug or the runner failing: say so, exit 1 (not a traceback)
-        logging.exception("the store job crashed")
-        print(f"error: the job crashed ({describe_exception(exc)}); see the log above; "
-              "outputs may be incomplete", file=sys.stderr)  # fmt: skip
-        return EXIT_CRASH
-    if store_run is None:
-        return EXIT_OK
+    return job_main("store", argv, run, _report)
+
+
+def _report(store_run: StoreRun) -> int:
+    """Prints the summary of a finished run; its exit code."""
     output = store_run.settings.output
     print(
         store_run.summary.render(f"{output}/stored-*.jsonl, {output}/dead_letter-*.jsonl"),

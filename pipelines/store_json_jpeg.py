@@ -18,8 +18,6 @@ options or a failed preflight.
 from __future__ import annotations
 
 import csv
-import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +29,13 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
 from pipelines.cli import JobSpec, parse_options, run_job
+from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
+    EXIT_CRASH,
+    EXIT_DEAD_LETTERS,
+    EXIT_OK,
+    EXIT_USAGE,
+    job_main,
+)
 from pipelines.options import (
     DicomwebOptions,
     StoreJsonJpegOptions,
@@ -40,9 +45,7 @@ from pipelines.options import (
     endpoint_from,
     retry_from,
 )
-from pipelines.runner_checks import report_without_metrics
 from pipelines.summary import (
-    MetricsUnavailable,
     StoreSummary,
     counter_values,
     seconds_since_launch,
@@ -63,10 +66,6 @@ from transforms.read_json_jpeg import ReadJsonJpegPairs
 from transforms.results import StoreResult
 from transforms.store_json_jpeg import BuildDicomFiles, StoreJsonJpegPairs
 from transforms.write_lines import WriteLines
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_DEAD_LETTERS = 3
 
 SPEC = JobSpec(
     module="pipelines.store_json_jpeg",
@@ -295,17 +294,11 @@ def run(argv: Sequence[str] | None = None) -> JsonJpegRun | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    try:
-        job = run(argv)
-    except MetricsUnavailable:  # e.g. a Dataflow --dry_run build: say so, no zeros
-        return report_without_metrics("store_json_jpeg", argv)
-    except (ValueError, preflight.PreflightError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if job is None:
-        return EXIT_OK
+    return job_main("store_json_jpeg", argv, run, _report)
+
+
+def _report(job: JsonJpegRun) -> int:
+    """Prints the summary of a finished run; its exit code."""
     print(job.render(), flush=True)
     return job.exit_code
 
