@@ -30,9 +30,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter, Reason, Stage
 from transforms.dicom.uid import check_uid
-from transforms.dicomweb.auth import AuthConfig
+from transforms.dicomweb.auth import AuthConfig, settle_environment
 from transforms.dicomweb.qido import iter_qido, page_end_rule
-from transforms.dicomweb.retriever import Retriever, UnitReport, settle_environment
+from transforms.dicomweb.retriever import Retriever, UnitReport
 from transforms.dicomweb.wado import WadoConfig
 from transforms.dicomweb.wado_files import ManifestEntry
 from transforms.errors import DicomwebError, HttpError, InvalidInputError

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from transforms.dicomweb.retriever import settle_environment
+from transforms.dicomweb.auth import settle_environment
 from transforms.output_files import SPOOL_DIR, OutputFiles
 
 URL = "http://store.example:8042/dicom-web"

@@ -202,3 +202,24 @@ def make_session(
     session.headers["User-Agent"] = USER_AGENT
     session.auth = auth.build()
     return session
+
+
+def settle_environment(session: requests.Session, url: str) -> None:
+    """Read once what ``requests`` reads from the environment on every request otherwise.
+
+    With ``trust_env`` (its default) each request scans every environment variable twice for
+    proxies, looks for a CA bundle variable and for ``~/.netrc``: a tenth of the CPU a small
+    instance costs. The same settings are resolved here once, for the store's URL (NO_PROXY
+    included), and kept on the session: proxies, the CA bundle (TLS verification stays on),
+    and netrc credentials when the session has no auth of its own.
+    """
+    if not session.trust_env:
+        return
+    settings = session.merge_environment_settings(url, {}, None, None, None)
+    for scheme, proxy in settings["proxies"].items():
+        session.proxies.setdefault(scheme, proxy)
+    if session.verify is True and isinstance(settings["verify"], str):
+        session.verify = settings["verify"]
+    if session.auth is None:
+        session.auth = requests.utils.get_netrc_auth(url)
+    session.trust_env = False
