@@ -46,6 +46,7 @@ from transforms.dicomweb.delete import (
     uids_of,
 )
 from transforms.dicomweb.endpoint import DicomwebEndpoint
+from transforms.errors import reason_and_message
 from transforms.pooled import PooledFn, SessionFactory
 from transforms.records import (
     PLAN_TO_DELETE,
@@ -120,8 +121,12 @@ class _PooledFn(PooledFn[_Shared]):
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
-        pool, work = self._work(self.shared(), element)
-        self.submit(pool, work, element, context=(element, window, timestamp))
+        shared = self.shared()
+        if shared is None:
+            self.fail_unset(context=(element, window, timestamp))
+        else:
+            pool, work = self._work(shared, element)
+            self.submit(pool, work, element, context=(element, window, timestamp))
         # Enough queued work to keep both pools busy, without holding a bundle in memory.
         yield from self.collect(keep=2 * (self._max_concurrency + self._max_operations))
 
@@ -165,11 +170,12 @@ def _count(tally: Tally) -> None:
 def _unexpected_letter(
     config: DeleteConfig, target: Target, stage: str, exc: Exception
 ) -> DeadLetter:
+    reason, message = reason_and_message(exc, Reason.INTERNAL_ERROR)
     return DeadLetter(
         stage=stage,
         source=DicomwebEndpoint.redacted(target_url(config.endpoint, target)),
-        reason=Reason.INTERNAL_ERROR,
-        message=f"unexpected {type(exc).__name__} while handling the target",
+        reason=reason,
+        message=message,
         uids=uids_of(target),
     )
 

@@ -69,3 +69,24 @@ def describe_exception(exc: BaseException, limit: int = 200) -> str:
         text = text[: limit - 1] + "…"
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+class SetupError(DicomwebError):
+    """A worker could not build what its requests need (credentials, session): every element of
+    the step becomes a dead letter with this reason instead of a failed bundle."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def reason_and_message(exc: BaseException, unexpected: str) -> tuple[str, str]:
+    """The dead-letter reason and message for an exception caught at a DoFn's boundary: those
+    of an error raised on purpose, else ``unexpected`` (the project's ``internal_error``) and the
+    exception's type and redacted text."""
+    reason = getattr(exc, "reason", None)
+    message = getattr(exc, "message", None)
+    if isinstance(exc, DicomwebError) and isinstance(reason, str) and isinstance(message, str):
+        return reason, message
+    return unexpected, describe_exception(exc)

@@ -20,9 +20,10 @@ from typing import Any, Generic, TypeVar
 import apache_beam as beam
 import requests
 
+from transforms.dead_letter import Reason
 from transforms.dicomweb import concurrency
 from transforms.dicomweb.auth import AuthConfig, make_session
-from transforms.errors import describe_exception
+from transforms.errors import SetupError, describe_exception
 from transforms.inflight import InFlight
 
 _log = logging.getLogger(__name__)
@@ -81,10 +82,10 @@ class PooledFn(beam.DoFn, Generic[SharedT]):
             factory=self._session_factory,
         )
 
-    def shared(self) -> SharedT:
-        # A method, not a property: Beam reads every attribute of a DoFn when it checks it.
-        if self._shared is None:
-            raise RuntimeError(self.setup_error or "the DoFn has not been set up")
+    def shared(self) -> SharedT | None:
+        """The process's resources; None when the set-up failed (``setup_error`` says why).
+
+        A method, not a property: Beam reads every attribute of a DoFn when it checks it."""
         return self._shared
 
     def submit(
@@ -95,6 +96,16 @@ class PooledFn(beam.DoFn, Generic[SharedT]):
         context: Any,
     ) -> None:
         self._inflight.add(executor.submit(work, *args), context)
+
+    def fail_unset(self, context: Any) -> None:
+        """For an element that needs the resources when the set-up failed: nothing runs, and
+        its future holds a ``SetupError`` that ``emit`` turns into dead letters (reason
+        ``credentials_error``) like any other failure of that work."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_exception(
+            SetupError(Reason.CREDENTIALS_ERROR, self.setup_error or "no HTTP session")
+        )
+        self._inflight.add(future, context)
 
     def collect(self, keep: int) -> Iterator[object]:
         """Emits finished work, oldest first, until at most ``keep`` pieces are in flight."""

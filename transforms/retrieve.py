@@ -35,7 +35,7 @@ from transforms.dicomweb.qido import iter_qido, page_end_rule
 from transforms.dicomweb.retriever import Retriever, UnitReport
 from transforms.dicomweb.wado import WadoConfig
 from transforms.dicomweb.wado_files import ManifestEntry
-from transforms.errors import DicomwebError, HttpError, InvalidInputError
+from transforms.errors import DicomwebError, HttpError, InvalidInputError, reason_and_message
 from transforms.output_files import OutputFiles
 from transforms.pooled import PooledFn, SessionFactory
 from transforms.records import STATUS_RETRIEVED, InstanceUids, RetrievedFile
@@ -134,6 +134,19 @@ def _select_letter(config: WadoConfig, target: Target, url: str, exc: Exception)
     )
 
 
+def _unit_letter(config: WadoConfig, unit: Target, exc: Exception) -> DeadLetter:
+    """A unit's dead letter for an exception the retriever let through (or a failed set-up)."""
+    reason, message = reason_and_message(exc, Reason.INTERNAL_ERROR)
+    url = config.endpoint.resource_url(unit.study, unit.series, unit.sop)
+    return DeadLetter(
+        stage=Stage.RETRIEVE,
+        source=config.endpoint.redacted(url),
+        reason=reason,
+        message=message,
+        uids=InstanceUids(unit.study, unit.series or "", unit.sop or ""),
+    )
+
+
 @dataclass
 class _Listing:
     session: requests.Session
@@ -179,23 +192,31 @@ class _ExpandFn(PooledFn[_Listing]):
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
-        shared = self.shared()
-        if expansion_url(self._config, target, self._config.unit_level) is None:
+        url = expansion_url(self._config, target, self._config.unit_level)
+        if url is None:
             yield _keyed(target)  # a unit already: no request, no hop through the pool
             return
-        self.submit(
-            shared.executor,
-            expand_target,
-            shared.session,
-            self._config,
-            target,
-            context=(window, timestamp),
-        )
+        shared = self.shared()
+        context = (target, url, window, timestamp)
+        if shared is None:
+            self.fail_unset(context)
+        else:
+            self.submit(
+                shared.executor,
+                expand_target,
+                shared.session,
+                self._config,
+                target,
+                context=context,
+            )
         yield from self.collect(keep=2 * self._max_concurrency)
 
     def emit(self, future: concurrent.futures.Future[Any], context: Any) -> Iterator[object]:
-        window, timestamp = context
-        outcome = future.result()
+        target, url, window, timestamp = context
+        try:
+            outcome = future.result()
+        except Exception as exc:  # the boundary: the target's dead letter, never a failed bundle
+            outcome = _select_letter(self._config, target, url, exc)
         if isinstance(outcome, DeadLetter):
             metrics.count_dead_letter(outcome)
             value = WindowedValue(outcome, timestamp, (window,))
@@ -266,7 +287,12 @@ class _RetrieveFn(PooledFn[_Shared]):
         shared = self.shared()
         # Every value of a key names the same unit (the key is made of its UIDs): one fetch.
         unit = Target(*next(iter(grouped[1])))
-        self.submit(shared.executor, shared.retriever.retrieve, unit, context=(window, timestamp))
+        if shared is None:
+            self.fail_unset(context=(unit, window, timestamp))
+        else:
+            self.submit(
+                shared.executor, shared.retriever.retrieve, unit, context=(unit, window, timestamp)
+            )
         # Enough queued work to keep the pool busy, without holding a whole bundle in memory.
         yield from self.collect(keep=2 * self._max_concurrency)
 
@@ -275,8 +301,12 @@ class _RetrieveFn(PooledFn[_Shared]):
         self._counts.flush()
 
     def emit(self, future: concurrent.futures.Future[Any], context: Any) -> Iterator[object]:
-        window, timestamp = context
-        yield from _emit(future.result(), window, timestamp, self._counts)
+        unit, window, timestamp = context
+        try:
+            report = future.result()
+        except Exception as exc:  # the boundary: the unit's dead letter, never a failed bundle
+            report = UnitReport(outcomes=[_unit_letter(self._config, unit, exc)])
+        yield from _emit(report, window, timestamp, self._counts)
 
 
 class _RetrieveWithSideInputsFn(_RetrieveFn):
@@ -294,9 +324,9 @@ class _RetrieveWithSideInputsFn(_RetrieveFn):
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
         shared = self.shared()
-        if previous:
+        if shared is not None and previous:
             shared.retriever.previous = previous
-        if expected:
+        if shared is not None and expected:
             shared.retriever.expected = expected
         yield from self._submit(grouped, window, timestamp)
 

@@ -47,7 +47,7 @@ from transforms.dicomweb.qido_query import (
     queries_format,
     query_from_line,
 )
-from transforms.errors import HttpError
+from transforms.errors import HttpError, reason_and_message
 from transforms.files import open_source
 from transforms.pooled import PooledFn, SessionFactory
 from transforms.records import MatchBatch, SearchMatch, SearchQuery
@@ -168,22 +168,30 @@ class _SearchFn(PooledFn[_Shared]):
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
         shared = self.shared()
-        self.submit(
-            shared.executor,
-            answer,
-            shared.session,
-            self._config,
-            query,
-            self._spool_memory,
-            shared.pages,
-            context=(window, timestamp),
-        )
+        if shared is None:
+            self.fail_unset(context=(query, window, timestamp))
+        else:
+            self.submit(
+                shared.executor,
+                answer,
+                shared.session,
+                self._config,
+                query,
+                self._spool_memory,
+                shared.pages,
+                context=(query, window, timestamp),
+            )
         # Enough queued queries to keep the pool busy, few enough finished spools waiting.
         yield from self.collect(keep=2 * self._max_concurrency)
 
     def emit(self, future: concurrent.futures.Future[Any], context: Any) -> Iterator[object]:
-        window, timestamp = context
-        yield from _emit(future.result(), window, timestamp, self._batch_matches)
+        query, window, timestamp = context
+        try:
+            outcome = future.result()
+        except Exception as exc:  # the boundary: the query's one dead letter, never a failed bundle
+            reason, message = reason_and_message(exc, Reason.INTERNAL_ERROR)
+            outcome = _Outcome(query, SearchStats(), None, _dead_letter(query, reason, message))
+        yield from _emit(outcome, window, timestamp, self._batch_matches)
 
 
 def _emit(

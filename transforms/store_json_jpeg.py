@@ -51,7 +51,7 @@ from transforms.dicomweb.stow_json import (
     as_dicom_file,
     build_from_file,
 )
-from transforms.errors import InvalidInputError
+from transforms.errors import InvalidInputError, reason_and_message
 from transforms.files import open_source
 from transforms.pooled import PooledFn, SessionFactory
 from transforms.records import (
@@ -268,6 +268,9 @@ class _PairStowFn(PooledFn[_Shared]):
         shared = self.shared()
         for study, rows in element[1]:
             pairs = tuple(from_row(r) for r in rows)
+            if shared is None:
+                self.fail_unset(context=(pairs, window, timestamp))
+                continue
             self.submit(
                 shared.executor,
                 shared.client.store_pairs,
@@ -288,13 +291,14 @@ def _report(
     try:
         return future.result()
     except Exception as exc:  # an unexpected error concerns this batch only
+        reason, message = reason_and_message(exc, Reason.INTERNAL_ERROR)
         return StoreReport(
             outcomes=[
                 DeadLetter(
                     stage=Stage.STORE,
                     source=p.jpeg_path,
-                    reason=Reason.HTTP_ERROR,
-                    message=f"unexpected {type(exc).__name__} while storing",
+                    reason=reason,
+                    message=message,
                     uids=p.uids,
                 )
                 for p in pairs

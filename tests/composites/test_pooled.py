@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-import pytest
 import requests
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -20,6 +19,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.dicomweb.auth import AuthConfig
+from transforms.errors import SetupError
 from transforms.pooled import PooledFn
 
 
@@ -50,12 +50,20 @@ class _SquareFn(PooledFn[_Pool]):
         window: BoundedWindow = beam.DoFn.WindowParam,  # type: ignore[assignment]
         timestamp: Timestamp = beam.DoFn.TimestampParam,  # type: ignore[assignment]
     ) -> Iterator[object]:
-        self.submit(self.shared().executor, _square_on_pool, n, context=(n, window, timestamp))
+        shared = self.shared()
+        if shared is None:
+            self.fail_unset(context=(n, window, timestamp))
+        else:
+            self.submit(shared.executor, _square_on_pool, n, context=(n, window, timestamp))
         yield from self.collect(keep=self._max_concurrency)
 
     def emit(self, future: concurrent.futures.Future[Any], context: Any) -> Iterator[object]:
         n, window, timestamp = context
-        square, thread = future.result()
+        try:
+            square, thread = future.result()
+        except SetupError as exc:
+            yield WindowedValue((n, f"{exc.reason}: {exc.message}"), timestamp, (window,))
+            return
         assert thread != threading.current_thread().name  # the work ran on the pool
         # WindowedValues: what is left in flight is emitted from finish_bundle.
         yield WindowedValue((n, square), timestamp, (window,))
@@ -89,25 +97,48 @@ def test_instances_of_one_transform_share_one_pool_closed_by_the_last() -> None:
     assert len(_closed) == before_closed + 1
 
 
-def test_a_set_up_failure_is_kept_as_a_reason_and_named_when_the_pool_is_asked_for() -> None:
-    def no_credentials() -> requests.Session:
-        raise OSError("no credentials here")
+class _NoCredentialsFn(_SquareFn):
+    def create_shared(self) -> _Pool:
+        self.new_session()  # the factory raises, as credentials that cannot be built do
+        raise AssertionError("not reached")
 
-    class _SessionFn(_SquareFn):
-        def create_shared(self) -> _Pool:
-            self.new_session()
-            raise AssertionError("not reached")
 
-    fn = _SessionFn(
+def _no_credentials() -> requests.Session:
+    raise OSError("no credentials here")
+
+
+def _unset_fn() -> _NoCredentialsFn:
+    return _NoCredentialsFn(
         auth=AuthConfig(),
         max_concurrency=2,
         pool_key=f"t-{uuid.uuid4().hex}",
-        session_factory=no_credentials,
+        session_factory=_no_credentials,
     )
-    fn.setup()  # does not raise: a subclass decides what its elements become
+
+
+def test_a_set_up_failure_is_kept_as_a_reason_not_raised() -> None:
+    fn = _unset_fn()
+    fn.setup()  # does not raise: the elements become dead letters instead
     assert fn.setup_error is not None
     assert "cannot set up the HTTP session" in fn.setup_error
     assert "OSError" in fn.setup_error
-    with pytest.raises(RuntimeError, match="cannot set up the HTTP session"):
-        fn.shared()
+    assert fn.shared() is None
     fn.teardown()  # nothing to release
+
+
+def test_after_a_set_up_failure_every_element_gets_the_failure_and_nothing_runs() -> None:
+    with TestPipeline() as p:
+        out = p | beam.Create(range(5)) | beam.ParDo(_unset_fn())
+        assert_that(
+            out,
+            equal_to(
+                [
+                    (
+                        n,
+                        "credentials_error: cannot set up the HTTP session "
+                        "(OSError: no credentials here)",
+                    )
+                    for n in range(5)
+                ]
+            ),
+        )
