@@ -15,10 +15,9 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import factory
-import jpeg_factory as jf
 import pytest
 from apache_beam.portability.api import beam_runner_api_pb2
+from job_inputs import job_inputs
 
 from pipelines.summary import MetricsUnavailable
 
@@ -72,22 +71,10 @@ def _connections(sock: socket.socket) -> int:
 
 
 def _job_argv(job: str, url: str, tmp_path: Path) -> list[str]:
-    out = str(tmp_path / "out")
     common = ["--dicomweb_url", url, "--auth", "bearer", "--token_env", "DWB_PLANTED_TOKEN",
-              "--no_preflight", "--output", out]  # fmt: skip
-    targets = tmp_path / "targets.txt"
-    targets.write_text("1.2.3.4\n1.2.3.5/1.2.3.6\n")
-    if job == "store":
-        factory.write_ct_instances(tmp_path / "in", count=2)
-        return [*common, "--input", str(tmp_path / "in")]
-    if job == "store_json_jpeg":
-        jf.write_good_pairs(tmp_path / "in", 1)
-        return [*common, "--input", str(tmp_path / "in" / "*.json"), "--mode", "client"]
-    if job == "search":
-        return [*common, "--level", "series", "--filter", "Modality=CT"]
-    if job == "retrieve":
-        return [*common, "--uids_file", str(targets)]
-    return [*common, "--uids_file", str(targets), "--yes", "--delete_api", "dicomweb"]
+              "--no_preflight", "--output", str(tmp_path / "out")]  # fmt: skip
+    extra = ["--yes", "--delete_api", "dicomweb"] if job == "delete" else []
+    return [*common, *job_inputs(job, tmp_path), *extra]
 
 
 def _blobs(pipeline: beam_runner_api_pb2.Pipeline) -> Iterator[bytes]:

@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-import factory
-import jpeg_factory as jf
 import pytest
+from job_inputs import JOBS, job_inputs
 from loopback_server import LoopbackHTTPServer
-
-JOBS = ("store", "search", "retrieve", "delete", "store_json_jpeg")
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -86,19 +83,8 @@ def run_windows(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float]]:
 
 def _argv(job: str, url: str, tmp_path: Path) -> list[str]:
     common = ["--dicomweb_url", url, "--output", str(tmp_path / "out"), "--max_attempts", "1"]
-    targets = tmp_path / "targets.txt"
-    targets.write_text("1.2.3.4\n1.2.3.5/1.2.3.6\n")
-    if job == "store":
-        factory.write_ct_instances(tmp_path / "in", count=2)
-        return [*common, "--input", str(tmp_path / "in")]
-    if job == "store_json_jpeg":
-        jf.write_good_pairs(tmp_path / "in", 1)
-        return [*common, "--input", str(tmp_path / "in" / "*.json"), "--mode", "client"]
-    if job == "search":
-        return [*common, "--level", "series", "--filter", "Modality=CT"]
-    if job == "retrieve":
-        return [*common, "--uids_file", str(targets)]
-    return [*common, "--uids_file", str(targets), "--yes", "--max_targets", "1"]
+    extra = ["--yes", "--max_targets", "1"] if job == "delete" else []
+    return [*common, *job_inputs(job, tmp_path), *extra]
 
 
 def _split(
