@@ -888,9 +888,9 @@ def job_process(
     return ProcessRun(expected, wall, cpu, float(once.group(1).replace(",", "")))
 
 
-def raw_process(pattern: str, url: str, *, expected: int) -> ProcessRun:
+def raw_process(pattern: str, url: str, *, expected: int, batch: int = 1) -> ProcessRun:
     cmd = [sys.executable, str(BENCH_DIR / "raw_stow.py"), pattern, "--dicomweb_url", url,
-           "--threads", str(RAW_THREADS)]  # fmt: skip
+           "--threads", str(RAW_THREADS), "--batch", str(batch)]  # fmt: skip
     wall, cpu, out = _run_process(cmd, "raw client")
     answer = json.loads(out.strip().splitlines()[-1])
     if answer["stored"] != expected:
@@ -969,7 +969,11 @@ def orthanc_processes(
     opts: Options, pattern: str, n: int, work: Path, scenario: str
 ) -> tuple[list[Row], dict[str, Any]]:
     """The job against the 8-thread single-instance raw client, both as processes, into the
-    same Orthanc emptied before every run and checked to hold ``n`` instances after it."""
+    same Orthanc emptied before every run and checked to hold ``n`` instances after it.
+
+    A third side, the same raw client sending ``--batch-size`` instances per POST, measures
+    the ceiling: what batching alone buys from this server for a client that does nothing
+    else (no validation, no grouping, no existence check)."""
     if not orthanc_available():
         log(f"{scenario}: skipped (Orthanc or its DICOMweb plugin is not installed)")
         return [Row(scenario, "skipped", "Orthanc is not installed")], {"skipped": True}
@@ -990,17 +994,26 @@ def orthanc_processes(
             fresh()
             return checked("raw client", raw_process(pattern, url, expected=n))
 
+        def raw_batched(r: int) -> ProcessRun:
+            fresh()
+            m = raw_process(pattern, url, expected=n, batch=opts.batch_size)
+            return checked("batched raw client", m)
+
         def job(r: int) -> ProcessRun:
             fresh()
             out = work / f"out-{scenario}-{r}"
             return checked("job", job_process(pattern, url, out, expected=n, extra=opts.job_args))
 
-        runs = alternate_processes(opts.repeat, {"raw": raw, "job": job}, scenario)
+        sides = {"raw": raw, "raw_batched": raw_batched, "job": job}
+        runs = alternate_processes(opts.repeat, sides, scenario)
     wall_ratio = _median(runs["raw"], "wall") / _median(runs["job"], "wall")
     own_ratio = _median(runs["job"], "own_rate") / _median(runs["raw"], "own_rate")
     own_target = LARGE_OWN_TARGET if scenario == "orthanc-large" else PROCESS_OWN_TARGET
+    ceiling = _median(runs["raw_batched"], "own_rate") / _median(runs["raw"], "own_rate")
     rows = [
         _side_rows(scenario, f"raw client ({RAW_THREADS} threads, 1 instance/POST)", runs["raw"]),
+        _side_rows(scenario, f"raw client ({RAW_THREADS} threads, {opts.batch_size} per POST)",
+                   runs["raw_batched"]),
         _side_rows(scenario, "pipelines.store job", runs["job"]),
         Row(scenario, "ratio of wall clocks raw/job (start-up and exit included)",
             f"{wall_ratio:.2f}",
@@ -1008,9 +1021,11 @@ def orthanc_processes(
               if scenario == "orthanc-process" else ())),
         Row(scenario, "ratio of own rates job/raw", f"{own_ratio:.2f}", f">= {own_target}",
             own_ratio >= own_target),
+        Row(scenario, "ceiling: own rates batched raw/raw (what batching alone buys)",
+            f"{ceiling:.2f}"),
     ]  # fmt: skip
     data = {k: [asdict(m) for m in v] for k, v in runs.items()}
-    return rows, data | {"wall_ratio": wall_ratio, "own_ratio": own_ratio}
+    return rows, data | {"wall_ratio": wall_ratio, "own_ratio": own_ratio, "ceiling": ceiling}
 
 
 def scenario_orthanc_process(opts: Options, work: Path) -> tuple[list[Row], dict[str, Any]]:

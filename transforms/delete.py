@@ -101,7 +101,9 @@ class _PooledFn(PooledFn[_Shared]):
         self._max_operations = max_operations
 
     def create_shared(self) -> _Shared:
-        session = self.new_session(pool_size=self._max_concurrency + self._max_operations)
+        session = self.new_session(
+            self._config.endpoint.base_url, pool_size=self._max_concurrency + self._max_operations
+        )
         return _Shared(
             session,
             DeleteClient(session, self._config),

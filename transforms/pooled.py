@@ -22,7 +22,7 @@ import requests
 
 from transforms.dead_letter import Reason
 from transforms.dicomweb import concurrency
-from transforms.dicomweb.auth import AuthConfig, make_session
+from transforms.dicomweb.auth import AuthConfig, make_session, settle_environment
 from transforms.errors import SetupError, describe_exception
 from transforms.inflight import InFlight
 
@@ -75,12 +75,16 @@ class PooledFn(beam.DoFn, Generic[SharedT]):
         raise NotImplementedError
 
     # What it gets.
-    def new_session(self, pool_size: int | None = None) -> requests.Session:
-        return make_session(
+    def new_session(self, url: str, pool_size: int | None = None) -> requests.Session:
+        """A pooled session for the store at ``url``, with what ``requests`` would read from
+        the environment on every request (proxies, CA bundle, netrc) read once, here."""
+        session = make_session(
             self._auth,
             pool_size=pool_size or self._max_concurrency,
             factory=self._session_factory,
         )
+        settle_environment(session, url)
+        return session
 
     def shared(self) -> SharedT | None:
         """The process's resources; None when the set-up failed (``setup_error`` says why).

@@ -30,7 +30,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import metrics, progress
 from transforms.dead_letter import DeadLetter, Reason, Stage
 from transforms.dicom.uid import check_uid
-from transforms.dicomweb.auth import AuthConfig, settle_environment
+from transforms.dicomweb.auth import AuthConfig
 from transforms.dicomweb.qido import iter_qido, page_end_rule
 from transforms.dicomweb.retriever import Retriever, UnitReport
 from transforms.dicomweb.wado import WadoConfig
@@ -182,7 +182,7 @@ class _ExpandFn(PooledFn[_Listing]):
         executor = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="qido-expand"
         )
-        return _Listing(self.new_session(), executor)
+        return _Listing(self.new_session(self._config.endpoint.base_url), executor)
 
     close_shared = staticmethod(_close_listing)
 
@@ -255,8 +255,7 @@ class _RetrieveFn(PooledFn[_Shared]):
         self._counts = _Counts()
 
     def create_shared(self) -> _Shared:
-        session = self.new_session()
-        settle_environment(session, self._config.endpoint.base_url)
+        session = self.new_session(self._config.endpoint.base_url)
         files = OutputFiles(self._output)
         retriever = Retriever(session, self._config, files)
         executor = concurrent.futures.ThreadPoolExecutor(

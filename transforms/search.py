@@ -157,7 +157,7 @@ class _SearchFn(PooledFn[_Shared]):
         pages = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="qido-page"
         )
-        return _Shared(self.new_session(), executor, pages)
+        return _Shared(self.new_session(self._config.endpoint.base_url), executor, pages)
 
     close_shared = staticmethod(_close)
 

@@ -249,7 +249,7 @@ class _PairStowFn(PooledFn[_Shared]):
         self._mode = mode
 
     def create_shared(self) -> _Shared:
-        session = self.new_session()
+        session = self.new_session(self._config.endpoint.base_url)
         kind = Part10StowClient if self._mode == "client" else JsonJpegStowClient
         client = kind(session, self._config, opener=open_source)
         executor = concurrent.futures.ThreadPoolExecutor(

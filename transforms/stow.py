@@ -92,7 +92,7 @@ class _SharedClientFn(PooledFn[_Shared]):
         self._config = config
 
     def create_shared(self) -> _Shared:
-        session = self.new_session()
+        session = self.new_session(self._config.endpoint.base_url)
         client = StowClient(session, self._config, opener=open_source)
         executor = concurrent.futures.ThreadPoolExecutor(
             self._max_concurrency, thread_name_prefix="stow"

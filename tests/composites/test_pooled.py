@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import pytest
 import requests
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -99,7 +100,8 @@ def test_instances_of_one_transform_share_one_pool_closed_by_the_last() -> None:
 
 class _NoCredentialsFn(_SquareFn):
     def create_shared(self) -> _Pool:
-        self.new_session()  # the factory raises, as credentials that cannot be built do
+        # The factory raises, as credentials that cannot be built do.
+        self.new_session("http://127.0.0.1:9/dicom-web")
         raise AssertionError("not reached")
 
 
@@ -142,3 +144,24 @@ def test_after_a_set_up_failure_every_element_gets_the_failure_and_nothing_runs(
                 ]
             ),
         )
+
+
+def test_every_session_reads_the_environment_once_for_its_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Store, search, retrieve, delete and JSON+JPEG sessions all come from new_session: the
+    proxy, CA bundle and netrc settings are resolved there for the store's URL, not per request."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "store.example")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/bundle.pem")
+    fn = _SquareFn(
+        auth=AuthConfig(), max_concurrency=2, pool_key=uuid.uuid4().hex, session_factory=None
+    )
+    near = fn.new_session("https://store.example/dicom-web")
+    assert near.trust_env is False and "https" not in near.proxies  # NO_PROXY kept
+    assert near.verify == "/etc/ssl/bundle.pem"  # TLS verification stays on
+    far = fn.new_session("https://other.example/dicom-web")
+    assert far.proxies["https"] == "http://proxy.example:3128"
+    monkeypatch.setenv("HTTPS_PROXY", "http://changed.example:1")  # read once: not seen now
+    merged = far.merge_environment_settings("https://other.example/x", {}, None, None, None)
+    assert merged["proxies"]["https"] == "http://proxy.example:3128"
