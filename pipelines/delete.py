@@ -65,6 +65,7 @@ from transforms.dicomweb.auth import AuthConfig
 from transforms.dicomweb.delete import DeleteConfig
 from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.errors import InvalidInputError
+from transforms.read_lines import ReadLines
 from transforms.records import SearchMatch
 from transforms.search import SearchDicomStore
 from transforms.targets import STUDIES, Target, parse_level, parse_target_line
@@ -240,7 +241,7 @@ def _selected(
     """The targets (from the --uids_file, or a search) and selection failures."""
     if settings.selection is None:
         assert settings.uids_file is not None
-        lines = pipeline | "ReadUidsFile" >> beam.io.ReadFromText(settings.uids_file)
+        lines = pipeline | "ReadUidsFile" >> ReadLines(settings.uids_file)
         read = lines | "LinesToTargets" >> beam.ParDo(_LineToTargetFn(settings.level)).with_outputs(
             "failed", main="targets"
         )

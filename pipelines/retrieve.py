@@ -43,6 +43,7 @@ from transforms.dead_letter import DeadLetter, Stage
 from transforms.dicomweb import wado
 from transforms.dicomweb.auth import AuthConfig
 from transforms.errors import InvalidInputError
+from transforms.read_lines import ReadLines
 from transforms.records import RetrievedFile, SearchMatch
 from transforms.results import RetrieveResult
 from transforms.retrieve import RetrieveFromDicomStore, parse_selection_line
@@ -190,7 +191,7 @@ def select_targets(
     if settings.uids_file:
         parsed = (
             pipeline
-            | "ReadUidsFile" >> beam.io.ReadFromText(settings.uids_file)
+            | "ReadUidsFile" >> ReadLines(settings.uids_file)
             | "ParseTargets"
             >> beam.ParDo(_ParseTargetsFn()).with_outputs("failed", "expected", main="targets")
         )

@@ -38,6 +38,7 @@ from transforms.dicomweb.wado_files import ManifestEntry
 from transforms.errors import DicomwebError, HttpError, InvalidInputError, reason_and_message
 from transforms.output_files import OutputFiles
 from transforms.pooled import PooledFn, SessionFactory
+from transforms.read_lines import ReadLines
 from transforms.records import STATUS_RETRIEVED, InstanceUids, RetrievedFile
 from transforms.results import RetrieveResult
 from transforms.targets import LEVELS, SERIES, STUDIES, Target, parse_target_line
@@ -508,7 +509,7 @@ class RetrieveFromDicomStore(beam.PTransform):
         if has_previous and self._previous_manifest:
             return (
                 pipeline
-                | "ReadPreviousManifest" >> beam.io.ReadFromText(self._previous_manifest)
+                | "ReadPreviousManifest" >> ReadLines(self._previous_manifest)
                 | "ParseManifest" >> beam.FlatMap(_manifest_pairs)
             )
         return pipeline | "NoPreviousManifest" >> beam.Create([])
