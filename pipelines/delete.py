@@ -66,9 +66,10 @@ from transforms.dicomweb.delete import DeleteConfig
 from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.errors import InvalidInputError
 from transforms.read_lines import ReadLines
-from transforms.records import SearchMatch
+from transforms.records import DeletedTarget, PlannedDelete, SearchMatch
 from transforms.search import SearchDicomStore
 from transforms.targets import STUDIES, Target, parse_level, parse_target_line
+from transforms.write_lines import WriteLineFiles, WriteLines
 
 SPEC = JobSpec(
     module="pipelines.delete",
@@ -270,12 +271,10 @@ def build(pipeline: beam.Pipeline, settings: DeleteSettings) -> None:
         max_concurrency=settings.max_concurrency,
         max_operations=settings.max_operations,
     )
-    _ = (
-        plan.planned
-        | "PlanToJson" >> beam.Map(lambda r: r.to_json())
-        | "WritePlan" >> _write(settings.output, "plan")
-    )
+    # The plan has a gathering step of its own: its file is complete before the deletes end.
+    _ = plan.planned | "WritePlan" >> WriteLines(settings.output, "plan", _to_json)
     failed.append(plan.failed)
+    named: dict[str, beam.PCollection] = {}
     if not settings.plan_only:
         # The gate counts the whole plan before the first DELETE: the check needs the store, so
         # it runs in the pipeline, and the launcher makes no request with --no_preflight.
@@ -286,24 +285,15 @@ def build(pipeline: beam.Pipeline, settings: DeleteSettings) -> None:
             max_operations=settings.max_operations,
             max_targets=settings.max_targets,
         )
-        _ = (
-            result.deleted
-            | "DeletedToJson" >> beam.Map(lambda r: r.to_json())
-            | "WriteDeleted" >> _write(settings.output, "deleted")
-        )
+        named["deleted"] = result.deleted
         failed.append(result.failed)
-    _ = (
-        failed
-        | "AllDeadLetters" >> beam.Flatten()
-        | "DeadLettersToJson" >> beam.Map(lambda r: r.to_json())
-        | "WriteDeadLetters" >> _write(settings.output, "dead_letter")
-    )
+    named["dead_letter"] = failed | "AllDeadLetters" >> beam.Flatten()
+    # The other files through one gathering step; records become JSON in the writing step.
+    _ = named | "WriteResults" >> WriteLineFiles(settings.output, to_line=_to_json)
 
 
-def _write(prefix: str, name: str) -> beam.PTransform:
-    return beam.io.WriteToText(
-        f"{prefix}/{name}", file_name_suffix=".jsonl", shard_name_template="-SSSSS-of-NNNNN"
-    )
+def _to_json(record: PlannedDelete | DeletedTarget | DeadLetter) -> str:
+    return record.to_json()
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from transforms.results import RetrieveResult
 from transforms.retrieve import RetrieveFromDicomStore, parse_selection_line
 from transforms.search import SearchDicomStore
 from transforms.targets import Target
-from transforms.write_lines import WriteLines
+from transforms.write_lines import WriteLineFiles
 
 MANIFEST = "retrieved"
 
@@ -219,10 +219,11 @@ def build(pipeline: beam.Pipeline, settings: RetrieveSettings) -> RetrieveResult
         expected=expected if settings.config.verify else None,  # only --verify reads them
     )
     failed = (*selection_failed, result.failed) | "AllDeadLetters" >> beam.Flatten()
-    # Records become JSON lines in the step that writes them (WriteLines: a smaller graph than
-    # WriteToText, and no listing of the output prefix, which holds every retrieved file).
-    _ = result.retrieved | "WriteManifest" >> WriteLines(settings.output, MANIFEST, _to_json)
-    _ = failed | "WriteDeadLetters" >> WriteLines(settings.output, "dead_letter", _to_json)
+    # Records become JSON lines in the step that writes them, both files through one gathering
+    # step (a smaller graph than WriteToText, and no listing of the output prefix, which holds
+    # every retrieved file).
+    named = {MANIFEST: result.retrieved, "dead_letter": failed}
+    _ = named | "WriteResults" >> WriteLineFiles(settings.output, to_line=_to_json)
     return RetrieveResult(retrieved=result.retrieved, failed=failed)
 
 

@@ -32,10 +32,12 @@ from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API
 )
 from pipelines.options import DicomwebOptions, StoreOptions, StoreSettings, store_settings
 from pipelines.summary import StoreSummary, seconds_since_launch
+from transforms.dead_letter import DeadLetter
 from transforms.read_dicom import ReadDicomFiles
+from transforms.records import StoredInstance
 from transforms.results import StoreResult
 from transforms.stow import WriteToDicomStore
-from transforms.write_lines import WriteLines
+from transforms.write_lines import WriteLineFiles
 
 SPEC = JobSpec(
     module="pipelines.store",
@@ -59,21 +61,14 @@ def build(pipeline: beam.Pipeline, settings: StoreSettings) -> StoreResult:
         max_concurrency=settings.max_concurrency,
     )
     failed = (read.failed, store.failed) | "AllDeadLetters" >> beam.Flatten()
-    _ = (
-        store.stored
-        | "StoredToJson" >> beam.Map(lambda r: r.to_json())
-        | "WriteStored" >> _write_lines(settings.output, "stored")
-    )
-    _ = (
-        failed
-        | "DeadLettersToJson" >> beam.Map(lambda r: r.to_json())
-        | "WriteDeadLetters" >> _write_lines(settings.output, "dead_letter")
-    )
+    # Both result files through one gathering step; records become JSON in the writing step.
+    named = {"stored": store.stored, "dead_letter": failed}
+    _ = named | "WriteResults" >> WriteLineFiles(settings.output, to_line=_to_json)
     return StoreResult(stored=store.stored, failed=failed)
 
 
-def _write_lines(prefix: str, name: str) -> beam.PTransform:
-    return WriteLines(prefix, name)
+def _to_json(record: StoredInstance | DeadLetter) -> str:
+    return record.to_json()
 
 
 @dataclass(frozen=True)

@@ -29,17 +29,16 @@ DATAFLOW = [
 ]  # fmt: skip
 
 EXPECTED = {
-    "store": {"ReadDicomFiles", "WriteToDicomStore", "WriteStored", "WriteDeadLetters"},
+    "store": {"ReadDicomFiles", "WriteToDicomStore", "WriteResults"},
     "search": {"SelectQueries", "SearchDicomStore", "WriteResults", "WriteDeadLetters"},
-    "retrieve": {"ReadUidsFile", "RetrieveFromDicomStore", "WriteManifest", "WriteDeadLetters"},
+    "retrieve": {"ReadUidsFile", "RetrieveFromDicomStore", "WriteResults"},
     # One job: plan, the --max_targets gate (a side input inside DeleteFromDicomStore), deletes.
     "delete": {
         "ReadUidsFile",
         "PlanDeletes",
         "WritePlan",
         "DeleteFromDicomStore",
-        "WriteDeleted",
-        "WriteDeadLetters",
+        "WriteResults",
     },
     "store_json_jpeg": {"ReadJsonJpegPairs", "StoreJsonJpegPairs", "WriteResults"},
 }
