@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from apache_beam.metrics.metric import MetricResults, MetricsFilter
 from apache_beam.runners.runner import PipelineResult
@@ -12,25 +13,44 @@ from apache_beam.runners.runner import PipelineResult
 from transforms import metrics
 
 
-@dataclass(frozen=True)
-class StoreSummary:
-    elapsed_seconds: float
-    stored: int = 0
-    already_present: int = 0
-    bytes_stored: int = 0
+@dataclass(frozen=True, kw_only=True)
+class RequestCounts:
+    """What every job's summary counts of its requests and failures (keyword-only fields, so
+    that each family's own fields come first)."""
+
     requests: int = 0
     retries: int = 0
     throttled_seconds: float = 0.0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failed_by_reason.values())
+
+    @staticmethod
+    def fields_from(counters: dict[str, int]) -> dict[str, Any]:
+        return {
+            "requests": counters.get(metrics.HTTP_REQUESTS, 0),
+            "retries": counters.get(metrics.HTTP_RETRIES, 0),
+            "throttled_seconds": counters.get(metrics.THROTTLED_MS, 0) / 1000,
+            "failed_by_reason": failed_by_reason(counters),
+        }
+
+    def request_line(self) -> str:
+        return request_line(self.requests, self.retries, self.throttled_seconds)
+
+
+@dataclass(frozen=True)
+class StoreSummary(RequestCounts):
+    elapsed_seconds: float
+    stored: int = 0
+    already_present: int = 0
+    bytes_stored: int = 0
     # store hardening
     files_matched: int = 0
     duplicates: int = 0
     existence_checks_failed: int = 0
     pipeline_seconds: float | None = None  # the pipeline alone, without start-up
-
-    @property
-    def failed(self) -> int:
-        return sum(self.failed_by_reason.values())
 
     @classmethod
     def from_result(
@@ -50,10 +70,7 @@ class StoreSummary:
             stored=counters.get(metrics.INSTANCES_STORED, 0),
             already_present=counters.get(metrics.INSTANCES_ALREADY_PRESENT, 0),
             bytes_stored=counters.get(metrics.BYTES_STORED, 0),
-            requests=counters.get(metrics.HTTP_REQUESTS, 0),
-            retries=counters.get(metrics.HTTP_RETRIES, 0),
-            throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
-            failed_by_reason=failed_by_reason(counters),
+            **RequestCounts.fields_from(counters),
         )
 
     def render(self, outputs: str = "") -> str:
@@ -77,7 +94,7 @@ class StoreSummary:
             lines[-1] += (
                 f" ({done / max(self.pipeline_seconds, 1e-9):,.1f} instances/s once running)"
             )
-        lines.append(request_line(self.requests, self.retries, self.throttled_seconds))
+        lines.append(self.request_line())
         if self.existence_checks_failed:
             lines.append(
                 f"  lookups failed   {self.existence_checks_failed:>10,}  (studies sent without "
@@ -141,21 +158,13 @@ def request_line(requests: int, retries: int, throttled_seconds: float) -> str:
 
 
 @dataclass(frozen=True)
-class SearchSummary:
+class SearchSummary(RequestCounts):
     elapsed_seconds: float  # from the job's launch
     queries: int = 0  # queries to run, as counted at launch
     answered: int = 0  # queries answered completely
     matches_by_level: dict[str, int] = field(default_factory=dict)
     pages: int = 0
     splits: int = 0
-    requests: int = 0
-    retries: int = 0
-    throttled_seconds: float = 0.0
-    failed_by_reason: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> int:
-        return sum(self.failed_by_reason.values())
 
     @property
     def matches(self) -> int:
@@ -178,10 +187,7 @@ class SearchSummary:
             },
             pages=counters.get(metrics.QIDO_PAGES, 0),
             splits=counters.get(metrics.QIDO_SPLITS, 0),
-            requests=counters.get(metrics.HTTP_REQUESTS, 0),
-            retries=counters.get(metrics.HTTP_RETRIES, 0),
-            throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
-            failed_by_reason=failed_by_reason(counters),
+            **RequestCounts.fields_from(counters),
         )
 
     def render(self, outputs: str = "") -> str:
@@ -198,7 +204,7 @@ class SearchSummary:
             f"  rate             {self.answered / seconds:>10,.1f} queries/s, "
             f"{self.matches / seconds:,.1f} matches/s",
             f"  pages            {self.pages:>10,}  ({self.splits:,} searches split past a cap)",
-            request_line(self.requests, self.retries, self.throttled_seconds),
+            self.request_line(),
         ]
         if outputs:
             lines.append(f"  outputs          {outputs}")
@@ -207,7 +213,7 @@ class SearchSummary:
 
 # delete family (pipelines/delete.py) ----------------------------------------------------------
 @dataclass(frozen=True)
-class DeleteSummary:
+class DeleteSummary(RequestCounts):
     """Counts of a delete run: the plan (searches), the gate, then the deletes."""
 
     elapsed_seconds: float
@@ -218,15 +224,7 @@ class DeleteSummary:
     instances_deleted: int = 0
     operations: int = 0
     polls: int = 0
-    requests: int = 0
-    retries: int = 0
-    throttled_seconds: float = 0.0
-    failed_by_reason: dict[str, int] = field(default_factory=dict)
     note: str = ""
-
-    @property
-    def failed(self) -> int:
-        return sum(self.failed_by_reason.values())
 
     @classmethod
     def from_counters(
@@ -247,10 +245,7 @@ class DeleteSummary:
             instances_deleted=counters.get(metrics.INSTANCES_DELETED, 0),
             operations=counters.get(metrics.OPERATIONS, 0),
             polls=counters.get(metrics.OPERATION_POLLS, 0),
-            requests=counters.get(metrics.HTTP_REQUESTS, 0),
-            retries=counters.get(metrics.HTTP_RETRIES, 0),
-            throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
-            failed_by_reason=failed_by_reason(counters),
+            **RequestCounts.fields_from(counters),
             note=note,
         )
 
@@ -269,7 +264,7 @@ class DeleteSummary:
         lines += [
             f"  throughput       {self.deleted / seconds:>10,.1f} targets/s",
             f"  operations       {self.operations:>10,}  ({self.polls:,} polls)",
-            request_line(self.requests, self.retries, self.throttled_seconds),
+            self.request_line(),
         ]
         if outputs:
             lines.append(f"  outputs          {outputs}")
@@ -278,19 +273,11 @@ class DeleteSummary:
 
 # --- retrieve (WADO-RS) family ---
 @dataclass(frozen=True)
-class RetrieveSummary:
+class RetrieveSummary(RequestCounts):
     elapsed_seconds: float
     retrieved: int = 0
     already_complete: int = 0
     bytes_retrieved: int = 0
-    requests: int = 0
-    retries: int = 0
-    throttled_seconds: float = 0.0
-    failed_by_reason: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> int:
-        return sum(self.failed_by_reason.values())
 
     @classmethod
     def from_result(cls, result: PipelineResult, elapsed_seconds: float) -> RetrieveSummary:
@@ -300,10 +287,7 @@ class RetrieveSummary:
             retrieved=counters.get(metrics.FILES_RETRIEVED, 0),
             already_complete=counters.get(metrics.FILES_ALREADY_COMPLETE, 0),
             bytes_retrieved=counters.get(metrics.BYTES_RETRIEVED, 0),
-            requests=counters.get(metrics.HTTP_REQUESTS, 0),
-            retries=counters.get(metrics.HTTP_RETRIES, 0),
-            throttled_seconds=counters.get(metrics.THROTTLED_MS, 0) / 1000,
-            failed_by_reason=failed_by_reason(counters),
+            **RequestCounts.fields_from(counters),
         )
 
     def render(self, outputs: str = "") -> str:
@@ -319,7 +303,7 @@ class RetrieveSummary:
         lines += [
             f"  throughput       {self.retrieved / seconds:>10,.1f} files/s, "
             f"{self.bytes_retrieved / 1e6 / seconds:,.1f} MB/s",
-            request_line(self.requests, self.retries, self.throttled_seconds),
+            self.request_line(),
         ]
         if outputs:
             lines.append(f"  outputs          {outputs}")
