@@ -301,6 +301,7 @@ def scenario_large(opts: argparse.Namespace, work: Path) -> dict[str, object]:
         big_unit, small_unit = big_units[0], units_of(small[:1])[0]
         data_bytes = sum(p.stat().st_size for p in big)
         rounds = []
+        unhashed: list[float] = []
         for i in range(opts.repeat):
             raw_s, raw_bytes = raw_series(url, big_unit, work / f"raw-series-{i}.bin")
             (work / f"raw-series-{i}.bin").unlink()
@@ -318,6 +319,9 @@ def scenario_large(opts: argparse.Namespace, work: Path) -> dict[str, object]:
                 f"{job[1]:.0f} MiB peak"
             )
             rounds.append((raw_s, raw_bytes, job[0], job[1], per_instance_s))
+            if opts.diagnose_hash:
+                unhashed.append(_job_series_unhashed(url, big_unit, work / f"unhashed-{i}"))
+                log(f"round {i + 1}: job in process without sha256 {unhashed[-1]:.2f} s")
         baseline = _job_series(url, small_unit, work, "baseline")
     raw_rate = statistics.median(r[1] / r[0] for r in rounds) / 1e6
     per_instance_rate = statistics.median(data_bytes / r[4] for r in rounds) / 1e6
@@ -328,6 +332,9 @@ def scenario_large(opts: argparse.Namespace, work: Path) -> dict[str, object]:
     ]
     own_rate = data_bytes / statistics.median(own) / 1e6 if own else None
     return {
+        "diagnosis_unhashed_mb_s": data_bytes / statistics.median(unhashed) / 1e6
+        if unhashed
+        else None,
         "job_pipeline_mb_s": own_rate,
         "series_bytes": data_bytes,
         "instances": len(big),
@@ -342,6 +349,31 @@ def scenario_large(opts: argparse.Namespace, work: Path) -> dict[str, object]:
         "baseline_peak_rss_mib": baseline[1],
         "memory_increase_mib": peak - baseline[1],
     }
+
+
+class _NoHash:
+    """Stands in for hashlib.sha256 in the diagnosis only: what the job costs without it."""
+
+    def update(self, data: object) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return "0" * 64
+
+
+def _job_series_unhashed(url: str, unit: Unit, out: Path) -> float:
+    """Diagnosis (--diagnose-hash): the job in this process with sha256 replaced by nothing;
+    its own time (pipeline.run to the end). Not a product mode: the manifest needs the hash."""
+    from unittest import mock  # noqa: PLC0415
+
+    uids = out.with_suffix(".txt")
+    uids.write_text(f"{unit.study}/{unit.series}\n")
+    argv = ["--uids_file", str(uids), "--dicomweb_url", url, "--output", str(out)]
+    with mock.patch("transforms.output_files.hashlib.sha256", _NoHash):
+        result = run_retrieve([*argv, "--granularity", "series"])
+    assert result is not None and result.summary.failed == 0, "the job dead-lettered"
+    shutil.rmtree(out, ignore_errors=True)
+    return result.summary.elapsed_seconds
 
 
 def _job_series(url: str, unit: Unit, work: Path, name: str) -> tuple[float, float]:
@@ -365,6 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scenario", choices=("small", "large", "all"), default="all")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--diagnose-hash",
+        action="store_true",
+        help="large: also run the job in process with sha256 replaced by nothing (what the "
+        "hash costs on this machine)",
+    )
     opts = parser.parse_args(argv)
     results: dict[str, object] = {"machine": machine_facts(), "argv": sys.argv[1:]}
     with cleanup_children(), tempfile.TemporaryDirectory(prefix="bench-retrieve-") as tmp:
@@ -390,7 +428,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"instance client {large['own_ratio_per_instance'] or 0:.2f}, / series stream "
                 f"{large['own_ratio_series_stream'] or 0:.2f}, process / series stream "
                 f"{large['ratio']:.2f} (target {RATIO_TARGET}); "
-                f"peak RSS {large['peak_rss_mib']:.0f} MiB vs "
+                + (
+                    f"diagnosis, without sha256: {large['diagnosis_unhashed_mb_s']:,.0f} MB/s; "
+                    if large["diagnosis_unhashed_mb_s"]
+                    else ""
+                )
+                + f"peak RSS {large['peak_rss_mib']:.0f} MiB vs "
                 f"{large['baseline_peak_rss_mib']:.0f} MiB for a small series: +"
                 f"{large['memory_increase_mib']:.0f} MiB (target < {MEMORY_TARGET_MIB:.0f})"
             )
