@@ -211,21 +211,18 @@ def build(pipeline: beam.Pipeline, settings: JsonJpegSettings) -> StoreResult:
         )
         stored, store_failed, results = store.stored, store.failed, "stored"
     failed = (read.failed, store_failed) | "AllDeadLetters" >> beam.Flatten()
-    _ = (
-        stored
-        | "ResultsToJson" >> beam.Map(lambda r: r.to_json())
-        | "WriteResults" >> _write_lines(settings.output, results)
-    )
-    _ = (
-        failed
-        | "DeadLettersToJson" >> beam.Map(lambda r: r.to_json())
-        | "WriteDeadLetters" >> _write_lines(settings.output, "dead_letter")
-    )
+    # Records become lines in the writing step itself (a Map each would be a step more).
+    _ = stored | "WriteResults" >> _write_lines(settings.output, results)
+    _ = failed | "WriteDeadLetters" >> _write_lines(settings.output, "dead_letter")
     return StoreResult(stored=stored, failed=failed)
 
 
+def _to_json(record: Any) -> str:
+    return str(record.to_json())
+
+
 def _write_lines(prefix: str, name: str) -> beam.PTransform:
-    return WriteLines(prefix, name)
+    return WriteLines(prefix, name, to_line=_to_json)
 
 
 @dataclass(frozen=True)

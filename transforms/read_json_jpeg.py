@@ -27,7 +27,7 @@ import os
 import posixpath
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -57,6 +57,7 @@ FAILED_TAG = "failed"
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".JPG", ".JPEG")
 _NOT_IMAGES = (".json", ".csv")
 _READ_BLOCK = 1 << 20
+CHUNK_SIZE = 100  # JSON files a chunk (what crosses the first grouping)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class _Candidate:
     jpeg_path: str
     metadata: str
     json_digest: str = ""  # of the JSON file's bytes (JSON mode)
+    elements: dict[str, Any] | None = field(default=None, compare=False)  # metadata, parsed
 
 
 def _dead(source: str, reason: str, message: str, stage: str = Stage.PAIR) -> DeadLetter:
@@ -130,7 +132,7 @@ def jpeg_candidates(json_path: str, uri: str | None) -> list[str]:
 
 
 class _LocateJpegFn(beam.DoFn):
-    """JSON file -> (JPEG path, PreparedInstance or DeadLetter), or a dead letter.
+    """A chunk of JSON files -> (JPEG path, pair row or DeadLetter) for each, or a dead letter.
 
     Validation happens here, before the JPEGs' claims are counted, to save a step per pair; a
     claim conflict still wins over a validation failure (see ``_ClaimFn``).
@@ -142,19 +144,22 @@ class _LocateJpegFn(beam.DoFn):
     def setup(self) -> None:
         self._validate.setup()
 
-    def process(self, element: tuple[str, Iterable[None]]) -> Iterator[Any]:
-        path = element[0]
-        try:
-            yield from self._locate(path)
-        except Exception as exc:  # e.g. a remote filesystem failing: this file only
-            yield _failed(path, Reason.UNREADABLE, f"unexpected {type(exc).__name__} pairing it")
+    def process(self, element: tuple[int, Iterable[Sequence[str]]]) -> Iterator[Any]:
+        for chunk in element[1]:
+            for path in chunk:
+                try:
+                    yield from self._locate(path)
+                except Exception as exc:  # e.g. a remote filesystem failing: this file only
+                    why = f"unexpected {type(exc).__name__} pairing it"
+                    yield _failed(path, Reason.UNREADABLE, why)
 
     def _locate(self, path: str) -> Iterator[Any]:
         try:
             with open_source(path) as stream:
                 data = stream.read()
             text = data.decode("utf-8-sig")  # a BOM is tolerated
-            uri = pixel_data_uri(load_dicom_json(text))
+            elements = load_dicom_json(text)
+            uri = pixel_data_uri(elements)
         except InvalidInputError as exc:
             yield _failed(path, exc.reason, exc.message, Stage.VALIDATE)
             return
@@ -170,7 +175,7 @@ class _LocateJpegFn(beam.DoFn):
         tried = jpeg_candidates(path, uri)
         for candidate in tried:
             if _exists(candidate):
-                found = _Candidate(path, path, candidate, text, json_digest(data))
+                found = _Candidate(path, path, candidate, text, json_digest(data), elements)
                 checked = self._validate.check(found)
                 yield (
                     candidate,
@@ -209,8 +214,9 @@ class _ClaimFn(beam.DoFn):
 
 
 class _MatchFn(beam.DoFn):
-    """Impulse -> each file matched by the patterns, once: ``(path, None)`` for JSON files (the
-    grouping that follows spreads them), ``(base name, path)`` for images (template mode)."""
+    """Impulse -> each file matched by the patterns, once: ``(n, chunk of JSON paths)`` (the
+    grouping that follows spreads the chunks; a chunk crosses it as one element, not one per
+    file), or ``(base name, path)`` for images (template mode)."""
 
     def __init__(self, patterns: Sequence[str], template_mode: bool) -> None:
         self._patterns = list(patterns)
@@ -218,6 +224,7 @@ class _MatchFn(beam.DoFn):
 
     def process(self, _: bytes) -> Iterator[Any]:
         seen: set[str] = set()  # overlapping patterns match a file twice
+        json_paths: list[str] = []
         for pattern in self._patterns:
             try:
                 matched = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
@@ -233,7 +240,10 @@ class _MatchFn(beam.DoFn):
                     if _is_image(path):
                         yield _basename(path), path
                 elif _is_json(path):
-                    yield path, None
+                    json_paths.append(path)
+        json_paths.sort()
+        for n, start in enumerate(range(0, len(json_paths), CHUNK_SIZE)):
+            yield n, tuple(json_paths[start : start + CHUNK_SIZE])
 
 
 class _ReadCsvFn(beam.DoFn):
@@ -324,7 +334,8 @@ class _ValidateFn(beam.DoFn):
         """The prepared pair (``slim``: it crosses groupings), or its dead letter (not yet
         counted)."""
         try:
-            return slim(self._prepare(c))
+            pair = self._prepare(c)
+            return pair if pair.is_slim else slim(pair)
         except InvalidInputError as exc:
             return _letter(c.source, exc.reason, exc.message)
         except OSError as exc:
@@ -338,7 +349,7 @@ class _ValidateFn(beam.DoFn):
         size = _size(c.jpeg_path)
         with open_source(c.jpeg_path) as stream:
             info = read_jpeg_info(stream, size)
-        metadata = load_dicom_json(c.metadata)
+        metadata = c.elements if c.elements is not None else load_dicom_json(c.metadata)
         digest = ""
         if self._options.generate_uids:
             digest = _digest(c.metadata, c.jpeg_path)
@@ -353,6 +364,7 @@ class _ValidateFn(beam.DoFn):
             folder=_dirname(c.source),
             content_digest=digest,
             json_digest=c.json_digest,
+            slim=True,  # what crosses the groupings (no metadata serialised to be dropped)
         )
 
 

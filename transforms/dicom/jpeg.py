@@ -55,6 +55,7 @@ _SOF_PROCESS = {
 }
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: no length field
 _MAX_TRAILING = 64  # bytes after EOI tolerated (some writers pad); more means not one image
+_BLOCK = 16 << 10  # the first read: headers are usually a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,27 @@ def _truncated(message: str) -> InvalidInputError:
 
 
 class _Reader:
+    """Reads the header from one block read up front (a marker walk makes dozens of small
+    reads), reading further blocks only for headers that do not fit."""
+
     def __init__(self, stream: BinaryIO, size: int) -> None:
         self._stream = stream
         self._size = size
+        self._buf = stream.read(_BLOCK)
+        self._start = 0  # file offset of _buf[0]
         self.pos = 0
 
+    def peek(self, n: int) -> bytes:
+        i = self.pos - self._start
+        return self._buf[i : i + n]
+
     def read(self, n: int, what: str) -> bytes:
-        data = self._stream.read(n)
+        if self.pos + n > self._start + len(self._buf):
+            self._stream.seek(self.pos)
+            self._buf = self._stream.read(max(n, _BLOCK))
+            self._start = self.pos
+        i = self.pos - self._start
+        data = self._buf[i : i + n]
         self.pos += len(data)
         if len(data) < n:
             raise _truncated(f"the JPEG ends inside its {what}")
@@ -135,7 +150,6 @@ class _Reader:
     def skip(self, n: int, what: str) -> None:
         if self.pos + n > self._size:
             raise _truncated(f"the JPEG ends inside its {what}")
-        self._stream.seek(n, 1)
         self.pos += n
 
 
@@ -148,7 +162,7 @@ def read_jpeg_info(stream: BinaryIO, size: int) -> JpegInfo:
         ``unsupported_jpeg`` (a coding process DICOM cannot carry here, or 2 or 4 components).
     """
     r = _Reader(stream, size)
-    head = stream.read(2)
+    head = r.peek(2)
     r.pos = len(head)
     if head != b"\xff\xd8":
         raise _bad("the file does not start with a JPEG SOI marker (is it a JPEG?)")
