@@ -98,3 +98,55 @@ class WriteLines(beam.PTransform):
                 _finalize, prefix=self._prefix, name=self._name, temp_dir=self._temp_dir
             )
         )
+
+
+# --- several result files with one gathering step (pipelines.store_json_jpeg) ------------------
+
+
+class _NamedWriteBundleFn(_WriteBundleFn):
+    """``_WriteBundleFn`` whose temporary paths come out keyed by their file name."""
+
+    def __init__(self, name: str, temp_dir: str, to_line: Callable[[Any], str] | None) -> None:
+        super().__init__(temp_dir, to_line)
+        self._name = name
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for path in super().finish_bundle():
+            yield path.with_value((self._name, path.value))
+
+
+def _finalize_named(
+    element: tuple[str, Iterable[str]], prefix: str, temp_dirs: dict[str, str]
+) -> list[str]:
+    name = element[0]
+    return _finalize((None, element[1]), prefix, name, temp_dirs[name])
+
+
+class WriteLineFiles(beam.PTransform):
+    """``{name: PCollection}`` -> shards ``PREFIX/NAME-SSSSS-of-NNNNN.jsonl`` for each name, as
+    ``WriteLines`` writes them, with one gathering and renaming step for all the names (each
+    step costs a runner a fixed time per job). Outputs the shard paths.
+
+        {"stored": stored, "dead_letter": failed} | WriteLineFiles(prefix, to_line=to_json)
+    """
+
+    def __init__(self, prefix: str, to_line: Callable[[Any], str] | None = None) -> None:
+        super().__init__()
+        self._prefix = prefix.rstrip("/")
+        self._to_line = to_line
+        self._id = uuid.uuid4().hex
+
+    def expand(self, named: dict[str, beam.PCollection]) -> beam.PCollection:
+        temp_dirs = {name: f"{self._prefix}/.temp-{name}-{self._id}" for name in named}
+        paths = tuple(
+            lines
+            | f"Write_{name}"
+            >> beam.ParDo(_NamedWriteBundleFn(name, temp_dirs[name], self._to_line))
+            for name, lines in named.items()
+        )
+        return (
+            paths
+            | "Paths" >> beam.Flatten()
+            | "Gather" >> beam.GroupByKey()
+            | "Rename" >> beam.FlatMap(_finalize_named, prefix=self._prefix, temp_dirs=temp_dirs)
+        )
