@@ -195,6 +195,7 @@ def build(pipeline: beam.Pipeline, settings: JsonJpegSettings) -> StoreResult:
         # Storing dead-letters repeated SOP Instance UIDs itself (by study, as pipelines.store);
         # --build_only names its files by SOP Instance UID, so it needs them unique first.
         unique_sops=settings.build_only,
+        keyed=not settings.build_only,  # by study, as StoreJsonJpegPairs groups them
     )
     if settings.build_only:
         built = read.pairs | "BuildOnly" >> BuildDicomFiles(
@@ -210,6 +211,7 @@ def build(pipeline: beam.Pipeline, settings: JsonJpegSettings) -> StoreResult:
             batch_size=settings.batch_size,
             max_batch_bytes=settings.max_batch_bytes,
             max_concurrency=settings.max_concurrency,
+            keyed=True,
         )
         stored, store_failed, results = store.stored, store.failed, "stored"
     failed = (read.failed, store_failed) | "AllDeadLetters" >> beam.Flatten()

@@ -58,6 +58,7 @@ JPEG_SUFFIXES = (".jpg", ".jpeg", ".JPG", ".JPEG")
 _NOT_IMAGES = (".json", ".csv")
 _READ_BLOCK = 1 << 20
 CHUNK_SIZE = 100  # JSON files a chunk (what crosses the first grouping)
+_STUDY_FIELD = 4  # of a PairRow (``to_row``)
 
 
 @dataclass(frozen=True)
@@ -187,30 +188,46 @@ class _LocateJpegFn(beam.DoFn):
 
 
 class _ClaimFn(beam.DoFn):
-    """A JPEG with exactly one JSON file is a pair; several JSON files are all dead letters."""
+    """A JPEG with exactly one JSON file is a pair; several JSON files are all dead letters.
+
+    Pairs come in as rows (``to_row``) and go out as ``PreparedInstance``, or, ``keyed``, as
+    the rows themselves keyed by study (what ``StoreJsonJpegPairs(keyed=True)`` groups: no
+    decoding here, and no keying step after)."""
+
+    def __init__(self, keyed: bool = False) -> None:
+        self._keyed = keyed
+        self._valid = 0
+
+    def start_bundle(self) -> None:
+        self._valid = 0
 
     def process(self, element: tuple[str, Iterable[PairRow | DeadLetter]]) -> Iterator[Any]:
         jpeg, claims = element
-        decoded = [c if isinstance(c, DeadLetter) else from_row(c) for c in claims]
         # A JSON matched by two overlapping patterns claims its JPEG once.
-        claimants = sorted({c.source: c for c in decoded}.values(), key=lambda c: c.source)
-        if len(claimants) == 1:
-            (only,) = claimants
+        by_source = {c.source if isinstance(c, DeadLetter) else c[0]: c for c in claims}
+        if len(by_source) == 1:
+            (only,) = by_source.values()
             if isinstance(only, DeadLetter):
                 metrics.count_dead_letter(only)
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, only)
             else:
-                metrics.inc(metrics.PAIRS_VALID)
-                yield only
+                self._valid += 1
+                yield (only[_STUDY_FIELD], only) if self._keyed else from_row(only)
             return
-        others = len(claimants) - 1
-        for c in claimants:
+        sources = sorted(by_source)
+        others = len(sources) - 1
+        for source in sources:
             yield _failed(
-                c.source,
+                source,
                 Reason.JPEG_CLAIMED_TWICE,
                 f"{_basename(jpeg)} is also claimed by {others} other JSON file(s), e.g. "
-                f"{next(o.source for o in claimants if o is not c)}; give each JSON its own JPEG",
+                f"{next(o for o in sources if o != source)}; give each JSON its own JPEG",
             )
+
+    def finish_bundle(self) -> None:
+        # Counted once a bundle: a counter update per pair costs as much as a small step.
+        metrics.inc(metrics.PAIRS_VALID, self._valid)
+        self._valid = 0
 
 
 class _MatchFn(beam.DoFn):
@@ -398,6 +415,10 @@ def _sop_key(p: PreparedInstance) -> tuple[str, PairRow]:
     return p.uids.sop, to_row(p)
 
 
+def _study_key(p: PreparedInstance) -> tuple[str, PairRow]:
+    return p.uids.study, to_row(p)
+
+
 def _is_json(path: str) -> bool:
     return path.lower().endswith(".json")
 
@@ -416,6 +437,8 @@ class ReadJsonJpegPairs(beam.PTransform):
       metadata_csv: with ``template``: per-image values (first column ``file``, the base name).
       unique_sops: dead-letter all but the first pair (by source) of a repeated SOP Instance
         UID. A consumer that does this itself (server mode's batching) saves a step without.
+      keyed: emit ``(StudyInstanceUID, to_row(pair))`` instead of ``PreparedInstance``: what
+        ``StoreJsonJpegPairs(keyed=True)`` groups by study, without a keying step of its own.
     """
 
     def __init__(
@@ -426,6 +449,7 @@ class ReadJsonJpegPairs(beam.PTransform):
         template: Mapping[str, Any] | None = None,
         metadata_csv: str | None = None,
         unique_sops: bool = True,
+        keyed: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(patterns, str):
@@ -439,6 +463,7 @@ class ReadJsonJpegPairs(beam.PTransform):
         self._template = dict(template) if template is not None else None
         self._csv = metadata_csv
         self._unique_sops = unique_sops
+        self._keyed = keyed
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> PairsResult:
         # Few steps on purpose: each costs a runner a fixed time per job, and each grouping
@@ -462,7 +487,10 @@ class ReadJsonJpegPairs(beam.PTransform):
             paired = (
                 located.kv
                 | "GroupByJpeg" >> beam.GroupByKey()
-                | "OneJsonPerJpeg" >> beam.ParDo(_ClaimFn()).with_outputs(FAILED_TAG, main="ok")
+                | "OneJsonPerJpeg"
+                >> beam.ParDo(_ClaimFn(self._keyed and not self._unique_sops)).with_outputs(
+                    FAILED_TAG, main="ok"
+                )
             )
             failures += [located[FAILED_TAG], paired[FAILED_TAG]]
             valid = paired.ok
@@ -495,5 +523,7 @@ class ReadJsonJpegPairs(beam.PTransform):
             )
             failures.append(unique[FAILED_TAG])
             valid = unique.ok
+        if self._keyed and (self._unique_sops or self._template is not None):
+            valid = valid | "KeyByStudy" >> beam.Map(_study_key)
         failed = tuple(failures) | "FlattenFailed" >> beam.Flatten()
         return PairsResult(pairs=valid, failed=failed)

@@ -436,13 +436,18 @@ def _pop_pixel_data(elements: dict[str, Any], check: bool = True) -> None:
 
 
 def _has_bulk_data(value: Any) -> bool:
-    # Scalars are skipped without a call: most values are (this runs for every pair).
+    # Plain loops (this runs for every pair): scalars are skipped without a call.
     if isinstance(value, dict):
         if "BulkDataURI" in value:
             return True
-        return any(_has_bulk_data(v) for v in value.values() if isinstance(v, dict | list))
-    if isinstance(value, list):
-        return any(_has_bulk_data(v) for v in value if isinstance(v, dict | list))
+        items = value.values()
+    elif isinstance(value, list):
+        items = value
+    else:
+        return False
+    for v in items:
+        if isinstance(v, dict | list) and _has_bulk_data(v):
+            return True
     return False
 
 

@@ -147,6 +147,15 @@ class _Reader:
             raise _truncated(f"the JPEG ends inside its {what}")
         return data
 
+    def marker(self) -> int:
+        """The next marker: two bytes from the block when they are a plain one."""
+        i = self.pos - self._start
+        buf = self._buf
+        if i + 1 < len(buf) and buf[i] == 0xFF and buf[i + 1] not in (0x00, 0xFF):
+            self.pos += 2
+            return buf[i + 1]
+        return _next_marker(self)
+
     def skip(self, n: int, what: str) -> None:
         if self.pos + n > self._size:
             raise _truncated(f"the JPEG ends inside its {what}")
@@ -171,7 +180,7 @@ def read_jpeg_info(stream: BinaryIO, size: int) -> JpegInfo:
     adobe_transform: int | None = None
     predictor = 0
     while True:
-        marker = _next_marker(r)
+        marker = r.marker()
         if marker in _STANDALONE:
             continue
         if marker in (_SOI, _EOI):
