@@ -26,7 +26,7 @@ import functools
 import hashlib
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -437,6 +437,7 @@ def _pop_pixel_data(elements: dict[str, Any], check: bool = True) -> None:
 
 def _has_bulk_data(value: Any) -> bool:
     # Plain loops (this runs for every pair): scalars are skipped without a call.
+    items: Iterable[Any]
     if isinstance(value, dict):
         if "BulkDataURI" in value:
             return True
