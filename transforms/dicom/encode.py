@@ -28,11 +28,16 @@ _CHARSET_TAG = "00080005"
 _MAX_SHORT = 0xFFFE
 
 
+_SHORT_HEADER = struct.Struct("<HH2sH")
+_LONG_HEADER = struct.Struct("<HH2sHI")
+_PLAIN_KEYS = frozenset({"vr", "Value"})
+
+
 def _header(tag: int, vr: str, length: int) -> bytes:
     group, element = tag >> 16, tag & 0xFFFF
     if vr in _LONG_VRS:
-        return struct.pack("<HH2sHI", group, element, vr.encode("ascii"), 0, length)
-    return struct.pack("<HH2sH", group, element, vr.encode("ascii"), length)
+        return _LONG_HEADER.pack(group, element, vr.encode("ascii"), 0, length)
+    return _SHORT_HEADER.pack(group, element, vr.encode("ascii"), length)
 
 
 def _text(vr: str, values: list[Any], encoding: str) -> bytes | None:
@@ -76,15 +81,14 @@ def encode_dataset(elements: Mapping[str, Any]) -> bytes | None:
         return None
     encoding = "utf-8" if charset == ["ISO_IR 192"] else "ascii"
     out = []
-    for key in sorted(elements, key=lambda k: int(k, 16)):
+    for tag, key in sorted((int(k, 16), k) for k in elements):
         element = elements[key]
         vr = element.get("vr")
-        if set(element) - {"vr", "Value"}:
+        if not element.keys() <= _PLAIN_KEYS:
             return None  # BulkDataURI, InlineBinary
         values = element.get("Value") or []
         if not isinstance(values, list) or any(v is None for v in values):
             return None
-        tag = int(key, 16)
         if tag >> 16 == 0x0002 or tag >= 0x7FE00010:
             return None
         if vr in _TEXT_VRS:
