@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import posixpath
+import stat
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class _Candidate:
     metadata: str
     json_digest: str = ""  # of the JSON file's bytes (JSON mode)
     elements: dict[str, Any] | None = field(default=None, compare=False)  # metadata, parsed
+    jpeg_size: int | None = None  # known when the JPEG was found
 
 
 def _dead(source: str, reason: str, message: str, stage: str = Stage.PAIR) -> DeadLetter:
@@ -103,6 +105,17 @@ def _exists(path: str) -> bool:
     if _is_remote(path):
         return bool(FileSystems.exists(path))
     return os.path.isfile(path)
+
+
+def _file_size(path: str) -> int | None:
+    """The size of the file at ``path``, None when there is none (one stat for a local path)."""
+    if _is_remote(path):
+        return _size(path) if _exists(path) else None
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 def _size(path: str) -> int:
@@ -175,8 +188,9 @@ class _LocateJpegFn(beam.DoFn):
             return
         tried = jpeg_candidates(path, uri)
         for candidate in tried:
-            if _exists(candidate):
-                found = _Candidate(path, path, candidate, text, json_digest(data), elements)
+            size = _file_size(candidate)
+            if size is not None:
+                found = _Candidate(path, path, candidate, text, json_digest(data), elements, size)
                 checked = self._validate.check(found)
                 yield (
                     candidate,
@@ -363,7 +377,7 @@ class _ValidateFn(beam.DoFn):
             return _letter(c.source, Reason.NOT_DICOM_JSON, why)
 
     def _prepare(self, c: _Candidate) -> PreparedInstance:
-        size = _size(c.jpeg_path)
+        size = _size(c.jpeg_path) if c.jpeg_size is None else c.jpeg_size
         with open_source(c.jpeg_path) as stream:
             info = read_jpeg_info(stream, size)
         metadata = c.elements if c.elements is not None else load_dicom_json(c.metadata)

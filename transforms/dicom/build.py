@@ -479,11 +479,17 @@ def _put(elements: dict[str, Any], keyword: str, value: object) -> None:
     elements[_TAGS[keyword]] = {"vr": _VR_OF[keyword], "Value": [value]}
 
 
+@functools.lru_cache(maxsize=256)
+def _attributes_of(info: JpegInfo) -> dict[str, int | str]:
+    # Read only (never changed): the JPEGs of a run share a few headers' worth of values.
+    return info.dicom_attributes()
+
+
 def _reconcile(
     elements: dict[str, Any], info: JpegInfo, declared_syntax: str | None, fix: bool
 ) -> None:
     """Image Pixel attributes from the JPEG: filled when absent, checked when present."""
-    wanted = info.dicom_attributes()
+    wanted = _attributes_of(info)
     disagreements = []
     for keyword, value in wanted.items():
         have = _first(elements, _TAGS[keyword])
