@@ -10,12 +10,13 @@ of them or to one of Beam's own classes (runner, Google Cloud, worker, setup opt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import gc
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -176,6 +177,22 @@ def exit_now(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+@contextlib.contextmanager
+def old_objects_frozen() -> Iterator[None]:
+    """Around a job's ``pipeline.run()``: objects alive before the run outlive it, so
+    ``gc.freeze()`` keeps the collector from scanning them again and again while the run
+    allocates (in a caller's process full of objects, a full collection during a run costs
+    0.1 s or more). A job's own process froze them after its imports already (``run_job``); a
+    library caller (a notebook, a benchmark, a test) gets them back as they were."""
+    frozen_before = gc.get_freeze_count() > 0
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if not frozen_before:
+            gc.unfreeze()
 
 
 def run_job(main: Callable[[], int]) -> NoReturn:

@@ -41,7 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import preflight
-from pipelines.cli import JobSpec, UsageError, parse_options, run_job
+from pipelines.cli import JobSpec, UsageError, old_objects_frozen, parse_options, run_job
 from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
     EXIT_CRASH,
     EXIT_DEAD_LETTERS,
@@ -333,8 +333,9 @@ def run(argv: Sequence[str] | None = None) -> DeleteRun | None:
     start = time.monotonic()
     pipeline = beam.Pipeline(options=options)
     build(pipeline, settings)
-    result = pipeline.run()
-    result.wait_until_finish()
+    with old_objects_frozen():
+        result = pipeline.run()
+        result.wait_until_finish()
     counters = counter_values(result)
     to_delete = counters.get(metrics.TARGETS_TO_DELETE, 0)
     absent = counters.get(metrics.TARGETS_PLANNED_ABSENT, 0)

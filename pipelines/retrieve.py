@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
-from pipelines.cli import JobSpec, UsageError, parse_options, run_job
+from pipelines.cli import JobSpec, UsageError, old_objects_frozen, parse_options, run_job
 from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
     EXIT_CRASH,
     EXIT_DEAD_LETTERS,
@@ -261,8 +261,9 @@ def run(argv: Sequence[str] | None = None) -> RetrieveRun | None:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, settings)
     start = time.monotonic()
-    result = pipeline.run()
-    result.wait_until_finish()
+    with old_objects_frozen():
+        result = pipeline.run()
+        result.wait_until_finish()
     summary = RetrieveSummary.from_result(result, time.monotonic() - start)
     return RetrieveRun(settings, result, summary)
 

@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
-from pipelines.cli import JobSpec, UsageError, parse_options, run_job
+from pipelines.cli import JobSpec, UsageError, old_objects_frozen, parse_options, run_job
 from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
     EXIT_CRASH,
     EXIT_DEAD_LETTERS,
@@ -219,8 +219,9 @@ def run(argv: Sequence[str] | None = None) -> SearchRun | None:
         preflight.check_store(settings.config.endpoint, settings.auth)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, settings)
-    result = pipeline.run()
-    result.wait_until_finish()
+    with old_objects_frozen():
+        result = pipeline.run()
+        result.wait_until_finish()
     summary = SearchSummary.from_result(
         result, time.monotonic() - start, settings.selection.query_count
     )

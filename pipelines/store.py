@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
-from pipelines.cli import JobSpec, parse_options, run_job
+from pipelines.cli import JobSpec, old_objects_frozen, parse_options, run_job
 from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
     EXIT_CRASH,
     EXIT_DEAD_LETTERS,
@@ -106,8 +106,9 @@ def run(argv: Sequence[str] | None = None) -> StoreRun | None:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, settings)
     send_start = time.monotonic()
-    result = pipeline.run()
-    result.wait_until_finish()
+    with old_objects_frozen():
+        result = pipeline.run()
+        result.wait_until_finish()
     summary = StoreSummary.from_result(
         result, seconds_since_launch(), pipeline_seconds=time.monotonic() - send_start
     )

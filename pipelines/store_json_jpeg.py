@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
-from pipelines.cli import JobSpec, parse_options, run_job
+from pipelines.cli import JobSpec, old_objects_frozen, parse_options, run_job
 from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
     EXIT_CRASH,
     EXIT_DEAD_LETTERS,
@@ -65,7 +65,7 @@ from transforms.files import open_source
 from transforms.read_json_jpeg import ReadJsonJpegPairs
 from transforms.results import StoreResult
 from transforms.store_json_jpeg import BuildDicomFiles, StoreJsonJpegPairs
-from transforms.write_lines import WriteLines
+from transforms.write_lines import WriteLineFiles
 
 SPEC = JobSpec(
     module="pipelines.store_json_jpeg",
@@ -193,6 +193,7 @@ def build(pipeline: beam.Pipeline, settings: JsonJpegSettings) -> StoreResult:
         # Storing dead-letters repeated SOP Instance UIDs itself (by study, as pipelines.store);
         # --build_only names its files by SOP Instance UID, so it needs them unique first.
         unique_sops=settings.build_only,
+        keyed=not settings.build_only,  # by study, as StoreJsonJpegPairs groups them
     )
     if settings.build_only:
         built = read.pairs | "BuildOnly" >> BuildDicomFiles(
@@ -208,24 +209,19 @@ def build(pipeline: beam.Pipeline, settings: JsonJpegSettings) -> StoreResult:
             batch_size=settings.batch_size,
             max_batch_bytes=settings.max_batch_bytes,
             max_concurrency=settings.max_concurrency,
+            keyed=True,
         )
         stored, store_failed, results = store.stored, store.failed, "stored"
     failed = (read.failed, store_failed) | "AllDeadLetters" >> beam.Flatten()
-    _ = (
-        stored
-        | "ResultsToJson" >> beam.Map(lambda r: r.to_json())
-        | "WriteResults" >> _write_lines(settings.output, results)
-    )
-    _ = (
-        failed
-        | "DeadLettersToJson" >> beam.Map(lambda r: r.to_json())
-        | "WriteDeadLetters" >> _write_lines(settings.output, "dead_letter")
+    # One gathering step for both files; records become lines in the writing steps themselves.
+    _ = {results: stored, "dead_letter": failed} | "WriteResults" >> WriteLineFiles(
+        settings.output, to_line=_to_json
     )
     return StoreResult(stored=stored, failed=failed)
 
 
-def _write_lines(prefix: str, name: str) -> beam.PTransform:
-    return WriteLines(prefix, name)
+def _to_json(record: Any) -> str:
+    return str(record.to_json())
 
 
 @dataclass(frozen=True)
@@ -278,8 +274,9 @@ def run(argv: Sequence[str] | None = None) -> JsonJpegRun | None:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, settings)
     start = time.monotonic()
-    result = pipeline.run()
-    result.wait_until_finish()
+    with old_objects_frozen():
+        result = pipeline.run()
+        result.wait_until_finish()
     summary = StoreSummary.from_result(
         result, seconds_since_launch(), pipeline_seconds=time.monotonic() - start
     )

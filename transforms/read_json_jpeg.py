@@ -25,9 +25,10 @@ import json
 import logging
 import os
 import posixpath
+import stat
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -57,6 +58,8 @@ FAILED_TAG = "failed"
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".JPG", ".JPEG")
 _NOT_IMAGES = (".json", ".csv")
 _READ_BLOCK = 1 << 20
+CHUNK_SIZE = 100  # JSON files a chunk (what crosses the first grouping)
+_STUDY_FIELD = 4  # of a PairRow (``to_row``)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class _Candidate:
     jpeg_path: str
     metadata: str
     json_digest: str = ""  # of the JSON file's bytes (JSON mode)
+    elements: dict[str, Any] | None = field(default=None, compare=False)  # metadata, parsed
+    jpeg_size: int | None = None  # known when the JPEG was found
 
 
 def _dead(source: str, reason: str, message: str, stage: str = Stage.PAIR) -> DeadLetter:
@@ -102,6 +107,17 @@ def _exists(path: str) -> bool:
     return os.path.isfile(path)
 
 
+def _file_size(path: str) -> int | None:
+    """The size of the file at ``path``, None when there is none (one stat for a local path)."""
+    if _is_remote(path):
+        return _size(path) if _exists(path) else None
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 def _size(path: str) -> int:
     if _is_remote(path):
         return int(FileSystems.match([path])[0].metadata_list[0].size_in_bytes)
@@ -130,7 +146,7 @@ def jpeg_candidates(json_path: str, uri: str | None) -> list[str]:
 
 
 class _LocateJpegFn(beam.DoFn):
-    """JSON file -> (JPEG path, PreparedInstance or DeadLetter), or a dead letter.
+    """A chunk of JSON files -> (JPEG path, pair row or DeadLetter) for each, or a dead letter.
 
     Validation happens here, before the JPEGs' claims are counted, to save a step per pair; a
     claim conflict still wins over a validation failure (see ``_ClaimFn``).
@@ -142,19 +158,22 @@ class _LocateJpegFn(beam.DoFn):
     def setup(self) -> None:
         self._validate.setup()
 
-    def process(self, element: tuple[str, Iterable[None]]) -> Iterator[Any]:
-        path = element[0]
-        try:
-            yield from self._locate(path)
-        except Exception as exc:  # e.g. a remote filesystem failing: this file only
-            yield _failed(path, Reason.UNREADABLE, f"unexpected {type(exc).__name__} pairing it")
+    def process(self, element: tuple[int, Iterable[Sequence[str]]]) -> Iterator[Any]:
+        for chunk in element[1]:
+            for path in chunk:
+                try:
+                    yield from self._locate(path)
+                except Exception as exc:  # e.g. a remote filesystem failing: this file only
+                    why = f"unexpected {type(exc).__name__} pairing it"
+                    yield _failed(path, Reason.UNREADABLE, why)
 
     def _locate(self, path: str) -> Iterator[Any]:
         try:
             with open_source(path) as stream:
                 data = stream.read()
             text = data.decode("utf-8-sig")  # a BOM is tolerated
-            uri = pixel_data_uri(load_dicom_json(text))
+            elements = load_dicom_json(text)
+            uri = pixel_data_uri(elements)
         except InvalidInputError as exc:
             yield _failed(path, exc.reason, exc.message, Stage.VALIDATE)
             return
@@ -169,8 +188,9 @@ class _LocateJpegFn(beam.DoFn):
             return
         tried = jpeg_candidates(path, uri)
         for candidate in tried:
-            if _exists(candidate):
-                found = _Candidate(path, path, candidate, text, json_digest(data))
+            size = _file_size(candidate)
+            if size is not None:
+                found = _Candidate(path, path, candidate, text, json_digest(data), elements, size)
                 checked = self._validate.check(found)
                 yield (
                     candidate,
@@ -182,35 +202,52 @@ class _LocateJpegFn(beam.DoFn):
 
 
 class _ClaimFn(beam.DoFn):
-    """A JPEG with exactly one JSON file is a pair; several JSON files are all dead letters."""
+    """A JPEG with exactly one JSON file is a pair; several JSON files are all dead letters.
+
+    Pairs come in as rows (``to_row``) and go out as ``PreparedInstance``, or, ``keyed``, as
+    the rows themselves keyed by study (what ``StoreJsonJpegPairs(keyed=True)`` groups: no
+    decoding here, and no keying step after)."""
+
+    def __init__(self, keyed: bool = False) -> None:
+        self._keyed = keyed
+        self._valid = 0
+
+    def start_bundle(self) -> None:
+        self._valid = 0
 
     def process(self, element: tuple[str, Iterable[PairRow | DeadLetter]]) -> Iterator[Any]:
         jpeg, claims = element
-        decoded = [c if isinstance(c, DeadLetter) else from_row(c) for c in claims]
         # A JSON matched by two overlapping patterns claims its JPEG once.
-        claimants = sorted({c.source: c for c in decoded}.values(), key=lambda c: c.source)
-        if len(claimants) == 1:
-            (only,) = claimants
+        by_source = {c.source if isinstance(c, DeadLetter) else c[0]: c for c in claims}
+        if len(by_source) == 1:
+            (only,) = by_source.values()
             if isinstance(only, DeadLetter):
                 metrics.count_dead_letter(only)
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, only)
             else:
-                metrics.inc(metrics.PAIRS_VALID)
-                yield only
+                self._valid += 1
+                yield (only[_STUDY_FIELD], only) if self._keyed else from_row(only)
             return
-        others = len(claimants) - 1
-        for c in claimants:
+        sources = sorted(by_source)
+        others = len(sources) - 1
+        for source in sources:
             yield _failed(
-                c.source,
+                source,
                 Reason.JPEG_CLAIMED_TWICE,
                 f"{_basename(jpeg)} is also claimed by {others} other JSON file(s), e.g. "
-                f"{next(o.source for o in claimants if o is not c)}; give each JSON its own JPEG",
+                f"{next(o for o in sources if o != source)}; give each JSON its own JPEG",
             )
+
+    def finish_bundle(self) -> None:
+        # Counted once a bundle: a counter update per pair costs as much as a small step.
+        metrics.inc(metrics.PAIRS_VALID, self._valid)
+        self._valid = 0
 
 
 class _MatchFn(beam.DoFn):
-    """Impulse -> each file matched by the patterns, once: ``(path, None)`` for JSON files (the
-    grouping that follows spreads them), ``(base name, path)`` for images (template mode)."""
+    """Impulse -> each file matched by the patterns, once: ``(n, chunk of JSON paths)`` (the
+    grouping that follows spreads the chunks; a chunk crosses it as one element, not one per
+    file), or ``(base name, path)`` for images (template mode)."""
 
     def __init__(self, patterns: Sequence[str], template_mode: bool) -> None:
         self._patterns = list(patterns)
@@ -218,6 +255,7 @@ class _MatchFn(beam.DoFn):
 
     def process(self, _: bytes) -> Iterator[Any]:
         seen: set[str] = set()  # overlapping patterns match a file twice
+        json_paths: list[str] = []
         for pattern in self._patterns:
             try:
                 matched = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
@@ -233,7 +271,10 @@ class _MatchFn(beam.DoFn):
                     if _is_image(path):
                         yield _basename(path), path
                 elif _is_json(path):
-                    yield path, None
+                    json_paths.append(path)
+        json_paths.sort()
+        for n, start in enumerate(range(0, len(json_paths), CHUNK_SIZE)):
+            yield n, tuple(json_paths[start : start + CHUNK_SIZE])
 
 
 class _ReadCsvFn(beam.DoFn):
@@ -324,7 +365,8 @@ class _ValidateFn(beam.DoFn):
         """The prepared pair (``slim``: it crosses groupings), or its dead letter (not yet
         counted)."""
         try:
-            return slim(self._prepare(c))
+            pair = self._prepare(c)
+            return pair if pair.is_slim else slim(pair)
         except InvalidInputError as exc:
             return _letter(c.source, exc.reason, exc.message)
         except OSError as exc:
@@ -335,10 +377,10 @@ class _ValidateFn(beam.DoFn):
             return _letter(c.source, Reason.NOT_DICOM_JSON, why)
 
     def _prepare(self, c: _Candidate) -> PreparedInstance:
-        size = _size(c.jpeg_path)
+        size = _size(c.jpeg_path) if c.jpeg_size is None else c.jpeg_size
         with open_source(c.jpeg_path) as stream:
             info = read_jpeg_info(stream, size)
-        metadata = load_dicom_json(c.metadata)
+        metadata = c.elements if c.elements is not None else load_dicom_json(c.metadata)
         digest = ""
         if self._options.generate_uids:
             digest = _digest(c.metadata, c.jpeg_path)
@@ -353,6 +395,7 @@ class _ValidateFn(beam.DoFn):
             folder=_dirname(c.source),
             content_digest=digest,
             json_digest=c.json_digest,
+            slim=True,  # what crosses the groupings (no metadata serialised to be dropped)
         )
 
 
@@ -386,6 +429,10 @@ def _sop_key(p: PreparedInstance) -> tuple[str, PairRow]:
     return p.uids.sop, to_row(p)
 
 
+def _study_key(p: PreparedInstance) -> tuple[str, PairRow]:
+    return p.uids.study, to_row(p)
+
+
 def _is_json(path: str) -> bool:
     return path.lower().endswith(".json")
 
@@ -404,6 +451,8 @@ class ReadJsonJpegPairs(beam.PTransform):
       metadata_csv: with ``template``: per-image values (first column ``file``, the base name).
       unique_sops: dead-letter all but the first pair (by source) of a repeated SOP Instance
         UID. A consumer that does this itself (server mode's batching) saves a step without.
+      keyed: emit ``(StudyInstanceUID, to_row(pair))`` instead of ``PreparedInstance``: what
+        ``StoreJsonJpegPairs(keyed=True)`` groups by study, without a keying step of its own.
     """
 
     def __init__(
@@ -414,6 +463,7 @@ class ReadJsonJpegPairs(beam.PTransform):
         template: Mapping[str, Any] | None = None,
         metadata_csv: str | None = None,
         unique_sops: bool = True,
+        keyed: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(patterns, str):
@@ -427,6 +477,7 @@ class ReadJsonJpegPairs(beam.PTransform):
         self._template = dict(template) if template is not None else None
         self._csv = metadata_csv
         self._unique_sops = unique_sops
+        self._keyed = keyed
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> PairsResult:
         # Few steps on purpose: each costs a runner a fixed time per job, and each grouping
@@ -450,7 +501,10 @@ class ReadJsonJpegPairs(beam.PTransform):
             paired = (
                 located.kv
                 | "GroupByJpeg" >> beam.GroupByKey()
-                | "OneJsonPerJpeg" >> beam.ParDo(_ClaimFn()).with_outputs(FAILED_TAG, main="ok")
+                | "OneJsonPerJpeg"
+                >> beam.ParDo(_ClaimFn(self._keyed and not self._unique_sops)).with_outputs(
+                    FAILED_TAG, main="ok"
+                )
             )
             failures += [located[FAILED_TAG], paired[FAILED_TAG]]
             valid = paired.ok
@@ -483,5 +537,7 @@ class ReadJsonJpegPairs(beam.PTransform):
             )
             failures.append(unique[FAILED_TAG])
             valid = unique.ok
+        if self._keyed and (self._unique_sops or self._template is not None):
+            valid = valid | "KeyByStudy" >> beam.Map(_study_key)
         failed = tuple(failures) | "FlattenFailed" >> beam.Flatten()
         return PairsResult(pairs=valid, failed=failed)

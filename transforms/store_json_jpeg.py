@@ -194,14 +194,16 @@ class _PlanPairBatchesFn(beam.DoFn):
 
     def process(self, element: tuple[str, Iterable[PairRow]]) -> Iterator[Any]:
         study, rows = element
-        pairs = [from_row(r) for r in rows]
         # JPEG paths are unique (a JPEG claimed twice was dead-lettered), so they key the pairs;
         # planning orders by path, so sources order the same way here.
-        by_path = {p.jpeg_path: p for p in pairs}
-        files = [as_dicom_file(p) for p in by_path.values()]
+        by_path: dict[str, tuple[PreparedInstance, PairRow]] = {}
+        for row in rows:
+            pair = from_row(row)
+            by_path[pair.jpeg_path] = (pair, row)
+        files = [as_dicom_file(p) for p, _ in by_path.values()]
         for item in plan_study(study, files, max_count=self._max_count, max_bytes=self._max_bytes):
             if isinstance(item, DeadLetter):
-                pair = by_path[item.source]
+                pair = by_path[item.source][0]
                 letter = for_pair(dataclasses.replace(item, stage=Stage.VALIDATE), pair)
                 metrics.count_dead_letter(letter)
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, letter)
@@ -209,7 +211,7 @@ class _PlanPairBatchesFn(beam.DoFn):
                 batch = [by_path[f.path] for f in item.files]
                 # Keyed by its first SOP Instance UID (unique) for the grouping that spreads
                 # batches over workers (one step, where Reshuffle takes six).
-                yield batch[0].uids.sop, (study, tuple(to_row(p) for p in batch))
+                yield batch[0][0].uids.sop, (study, tuple(row for _, row in batch))
 
 
 @dataclass
@@ -345,6 +347,8 @@ class StoreJsonJpegPairs(beam.PTransform):
       mode: ``client`` (build Part 10 here) or ``server`` (the store builds from JSON + JPEG).
       auth, batch_size, max_batch_bytes, max_concurrency, session_factory: as in
         ``WriteToDicomStore``.
+      keyed: the input is ``(StudyInstanceUID, to_row(pair))`` already
+        (``ReadJsonJpegPairs(keyed=True)``), not ``PreparedInstance``.
     """
 
     def __init__(
@@ -357,6 +361,7 @@ class StoreJsonJpegPairs(beam.PTransform):
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         session_factory: SessionFactory | None = None,
+        keyed: bool = False,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -372,12 +377,13 @@ class StoreJsonJpegPairs(beam.PTransform):
         self._max_batch_bytes = max_batch_bytes
         self._max_concurrency = max_concurrency
         self._session_factory = session_factory
+        self._keyed = keyed
         self._pool_key = f"stow-json-{uuid.uuid4().hex}"
 
     def expand(self, pairs: beam.PCollection) -> StoreResult:
+        keyed = pairs if self._keyed else pairs | "KeyByStudy" >> beam.Map(_study_key)
         planned = (
-            pairs
-            | "KeyByStudy" >> beam.Map(_study_key)
+            keyed
             | "GroupByStudy" >> beam.GroupByKey()
             | "PlanBatches"
             >> beam.ParDo(_PlanPairBatchesFn(self._batch_size, self._max_batch_bytes)).with_outputs(

@@ -51,3 +51,23 @@ def test_a_crash_exits_1_and_ends_with_a_line_naming_it(
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: the job crashed (RuntimeError")
     assert last.endswith("see the log above; outputs may be incomplete")
+
+
+def test_a_library_caller_gets_its_collector_back_as_it_was() -> None:
+    import gc  # noqa: PLC0415
+
+    from pipelines.cli import old_objects_frozen  # noqa: PLC0415
+
+    gc.unfreeze()
+    before = [object() for _ in range(10)]
+    with old_objects_frozen():
+        assert gc.get_freeze_count() >= len(before)  # scanned no more during the run
+    assert gc.get_freeze_count() == 0  # a caller that had not frozen gets nothing frozen
+    gc.freeze()  # a job's own process froze after its imports: it stays frozen
+    try:
+        frozen = gc.get_freeze_count()
+        with old_objects_frozen():
+            pass
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()

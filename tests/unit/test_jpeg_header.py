@@ -110,3 +110,30 @@ def test_arithmetic_and_cmyk_are_unsupported() -> None:
     assert reason(arithmetic) == "unsupported_jpeg"
     two = bytes(data[: sof + 9]) + b"\x02" + bytes(data[sof + 10 :])  # Nf=2 (header now short)
     assert reason(two) in ("unsupported_jpeg", "not_jpeg")
+
+
+def test_component_ids_r_g_b_without_jfif_mean_rgb() -> None:
+    data = jf.jpeg_bytes(subsampling=0)
+    app0 = data.index(b"\xff\xe0")
+    no_jfif = data[:app0] + data[app0 + 2 + int.from_bytes(data[app0 + 2 : app0 + 4], "big") :]
+    sof = no_jfif.index(b"\xff\xc0")
+    ids = bytearray(no_jfif)
+    for n, letter in enumerate(b"RGB"):
+        ids[sof + 10 + 3 * n] = letter  # Ci of each component (after Nf at sof + 9)
+    got = info(bytes(ids))
+    assert got.rgb and got.photometric_interpretation == "RGB"
+    assert not info(no_jfif).rgb
+
+
+@pytest.mark.parametrize("block", [8, 64, 1 << 20])
+def test_the_header_read_from_one_block_or_in_pieces_says_the_same(
+    monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    data = jf.jpeg_bytes(subsampling=2)
+    # Fill bytes and a standalone marker before the frame header: the reader's walk.
+    odd = data[:2] + b"\xff\xff\xff\x01" + data[2:]
+    monkeypatch.setattr(jpeg, "_BLOCK", block)
+    for d in (data, odd):
+        got = info(d)
+        assert (got.rows, got.columns, got.sampling) == (24, 40, ((2, 2), (1, 1), (1, 1)))
+        assert got.transfer_syntax_uid == jpeg.JPEG_BASELINE

@@ -22,9 +22,9 @@ from transforms.dicom.build import BuildOptions, PreparedInstance, json_digest, 
 from transforms.dicom.jpeg import read_jpeg_info
 from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.dicomweb.http import RetryPolicy
-from transforms.dicomweb.multipart import StreamingBody
+from transforms.dicomweb.multipart import Part, StreamingBody, multipart_related
 from transforms.dicomweb.stow import StowConfig
-from transforms.dicomweb.stow_json import JsonJpegStowClient, json_jpeg_segments
+from transforms.dicomweb.stow_json import JsonJpegStowClient, json_jpeg_segments, part10_segments
 from transforms.records import StoredInstance
 
 
@@ -247,3 +247,13 @@ def test_store_transform_shows_its_configuration_without_credentials() -> None:
     assert shown["dicomweb_url"] == "https://example.org/dicom-web"
     with pytest.raises(ValueError, match="mode"):
         StoreJsonJpegPairs(StowConfig(endpoint), mode="both")
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_part10_bodies_are_laid_out_as_the_store_lays_them_out(count: int) -> None:
+    instances = [bytes([n]) * (1000 + n) for n in range(count)]
+    parts = [Part("application/dicom", (data,)) for data in instances]
+    expected, _ = multipart_related(parts, root_type="application/dicom", boundary="B0undary")
+    body = StreamingBody(part10_segments(instances, "B0undary"))
+    assert body.read() == expected.read()
+    assert all(any(s is data for s in part10_segments(instances, "B")) for data in instances)

@@ -26,7 +26,7 @@ import functools
 import hashlib
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -236,25 +236,37 @@ def complete(pair: PreparedInstance, data: bytes) -> PreparedInstance:
     """
     if not pair.is_slim:
         return pair
-    if pair.jpeg_info is None or json_digest(data) != pair.json_digest:
+    elements = metadata_elements(pair, data)
+    return dataclasses.replace(pair, metadata_json=json.dumps(elements, ensure_ascii=False))
+
+
+def metadata_elements(pair: PreparedInstance, data: bytes | None = None) -> dict[str, Any]:
+    """The pair's final metadata as DICOM JSON elements (what ``metadata_json`` holds); a slim
+    pair's derived again from its JSON file's bytes ``data`` (see ``complete``). Senders use
+    the elements as they are, without a JSON text in between.
+
+    Raises:
+      InvalidInputError: ``unreadable`` when the file changed since it was validated.
+    """
+    if not pair.is_slim:
+        return cast(dict[str, Any], json.loads(pair.metadata_json))
+    if data is None or pair.jpeg_info is None or json_digest(data) != pair.json_digest:
         raise InvalidInputError(Reason.UNREADABLE, "the JSON file changed since it was validated")
     elements = load_dicom_json(data.decode("utf-8-sig"))
     for keyword, value in pair.generated_uids:
         elements[_TAGS[keyword]] = {"vr": "UI", "Value": [value]}
-    again = prepare(
+    uids, sop_class, _, elements = _checked(
         elements,
         pair.jpeg_info,
         _options_for(pair.sop_class_uid),
-        source=pair.source,
-        json_path=pair.json_path,
-        jpeg_path=pair.jpeg_path,
-        jpeg_size=pair.jpeg_size,
         folder="",
+        source=pair.source,
+        content_digest="",
         recheck=False,  # the same bytes passed it (the digest says so)
     )
-    if (again.uids, again.sop_class_uid) != (pair.uids, pair.sop_class_uid):
+    if (uids, sop_class) != (pair.uids, pair.sop_class_uid):
         raise InvalidInputError(Reason.UNREADABLE, "the JSON file changed since it was validated")
-    return dataclasses.replace(pair, metadata_json=again.metadata_json)
+    return elements
 
 
 @functools.lru_cache(maxsize=64)
@@ -307,6 +319,7 @@ def prepare(
     content_digest: str = "",
     json_digest: str = "",
     recheck: bool = True,
+    slim: bool = False,
 ) -> PreparedInstance:
     """Validate and complete the metadata of one pair (see the module docstring).
 
@@ -316,14 +329,52 @@ def prepare(
       json_digest: ``json_digest`` of the JSON file, when the metadata comes from one (lets a
         ``slim`` pair be ``complete``d again).
       recheck: False skips the DICOM JSON check, for metadata that passed it already.
+      slim: return the pair ``slim`` (without its metadata) when it can be, as ``slim(...)``
+        would, without serialising the metadata first.
 
     Raises:
       InvalidInputError: ``not_dicom_json``, ``missing_uid``, ``invalid_uid`` or
         ``metadata_mismatch``.
     """
+    uids, sop_class, generated, elements = _checked(
+        metadata,
+        info,
+        options,
+        folder=folder,
+        source=source,
+        content_digest=content_digest,
+        recheck=recheck,
+    )
+    keep = not (slim and json_path is not None and json_digest)
+    return PreparedInstance(
+        source=source,
+        json_path=json_path,
+        jpeg_path=jpeg_path,
+        jpeg_size=jpeg_size,
+        uids=uids,
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=info.transfer_syntax_uid,
+        generated_uids=generated,
+        metadata_json=json.dumps(elements, ensure_ascii=False) if keep else "",
+        jpeg_info=info,
+        json_digest=json_digest,
+    )
+
+
+def _checked(
+    metadata: Mapping[str, Any],
+    info: JpegInfo,
+    options: BuildOptions,
+    *,
+    folder: str,
+    source: str,
+    content_digest: str,
+    recheck: bool,
+) -> tuple[InstanceUids, str, tuple[tuple[str, str], ...], dict[str, Any]]:
+    """``prepare``'s checks: (UIDs, SOP Class UID, generated UIDs, final elements)."""
     elements = {k.upper(): v for k, v in metadata.items()}
     declared_syntax = _pop_file_meta(elements)
-    _pop_pixel_data(elements)
+    _pop_pixel_data(elements, recheck)
     if recheck:
         dicom_json.check(elements)  # the check only: the elements themselves are kept as given
     generated: list[tuple[str, str]] = []
@@ -353,20 +404,7 @@ def prepare(
         _put(elements, "SpecificCharacterSet", "ISO_IR 192")  # JSON text is Unicode
     if _first(elements, _TAGS["LossyImageCompression"]) is None and info.process != "lossless":
         _put(elements, "LossyImageCompression", "01")
-    metadata_json = json.dumps(elements, ensure_ascii=False)
-    return PreparedInstance(
-        source=source,
-        json_path=json_path,
-        jpeg_path=jpeg_path,
-        jpeg_size=jpeg_size,
-        uids=InstanceUids(study, series, sop),
-        sop_class_uid=sop_class,
-        transfer_syntax_uid=info.transfer_syntax_uid,
-        generated_uids=tuple(generated),
-        metadata_json=metadata_json,
-        jpeg_info=info,
-        json_digest=json_digest,
-    )
+    return InstanceUids(study, series, sop), sop_class, tuple(generated), elements
 
 
 def _pop_file_meta(elements: dict[str, Any]) -> str | None:
@@ -381,8 +419,10 @@ def _pop_file_meta(elements: dict[str, Any]) -> str | None:
     return syntax
 
 
-def _pop_pixel_data(elements: dict[str, Any]) -> None:
+def _pop_pixel_data(elements: dict[str, Any], check: bool = True) -> None:
     element = elements.pop(PIXEL_DATA, None)
+    if not check:
+        return
     if isinstance(element, dict) and ("InlineBinary" in element or "Value" in element):
         raise InvalidInputError(
             Reason.NOT_DICOM_JSON,
@@ -396,13 +436,19 @@ def _pop_pixel_data(elements: dict[str, Any]) -> None:
 
 
 def _has_bulk_data(value: Any) -> bool:
-    # Scalars are skipped without a call: most values are (this runs for every pair).
+    # Plain loops (this runs for every pair): scalars are skipped without a call.
+    items: Iterable[Any]
     if isinstance(value, dict):
         if "BulkDataURI" in value:
             return True
-        return any(_has_bulk_data(v) for v in value.values() if isinstance(v, dict | list))
-    if isinstance(value, list):
-        return any(_has_bulk_data(v) for v in value if isinstance(v, dict | list))
+        items = value.values()
+    elif isinstance(value, list):
+        items = value
+    else:
+        return False
+    for v in items:
+        if isinstance(v, dict | list) and _has_bulk_data(v):
+            return True
     return False
 
 
@@ -433,11 +479,17 @@ def _put(elements: dict[str, Any], keyword: str, value: object) -> None:
     elements[_TAGS[keyword]] = {"vr": _VR_OF[keyword], "Value": [value]}
 
 
+@functools.lru_cache(maxsize=256)
+def _attributes_of(info: JpegInfo) -> dict[str, int | str]:
+    # Read only (never changed): the JPEGs of a run share a few headers' worth of values.
+    return info.dicom_attributes()
+
+
 def _reconcile(
     elements: dict[str, Any], info: JpegInfo, declared_syntax: str | None, fix: bool
 ) -> None:
     """Image Pixel attributes from the JPEG: filled when absent, checked when present."""
-    wanted = info.dicom_attributes()
+    wanted = _attributes_of(info)
     disagreements = []
     for keyword, value in wanted.items():
         have = _first(elements, _TAGS[keyword])
@@ -465,8 +517,11 @@ def _reconcile(
         _put(elements, "NumberOfFrames", 1)
 
 
-def build_part10(prepared: PreparedInstance, jpeg: bytes) -> bytes:
+def build_part10(
+    prepared: PreparedInstance, jpeg: bytes, elements: Mapping[str, Any] | None = None
+) -> bytes:
     """The Part 10 file of a prepared pair: the JPEG bytes are encapsulated unchanged.
+    ``elements``: the pair's ``metadata_elements`` when the caller has them already.
 
     The File Meta group and flat metadata are encoded by ``encode`` (pydicom writes datasets it
     does not handle: sequences, binary values, other character sets...); the encapsulated
@@ -481,9 +536,11 @@ def build_part10(prepared: PreparedInstance, jpeg: bytes) -> bytes:
         implementation_class_uid=PYDICOM_IMPLEMENTATION_UID,
         implementation_version_name=IMPLEMENTATION_VERSION,
     )
-    dataset = encode_dataset(json.loads(prepared.metadata_json))
+    if elements is None:
+        elements = metadata_elements(prepared)
+    dataset = encode_dataset(elements)
     if dataset is None:
-        ds = Dataset.from_json(prepared.metadata_json)
+        ds = Dataset.from_json(dict(elements))
         if any(tag > _PIXEL_DATA_TAG for tag in ds.keys()):  # rare: let pydicom order them
             return _build_with_pydicom(ds, _file_meta(prepared), jpeg)
         out = DicomBytesIO()

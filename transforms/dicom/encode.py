@@ -28,14 +28,26 @@ _CHARSET_TAG = "00080005"
 _MAX_SHORT = 0xFFFE
 
 
+_SHORT_HEADER = struct.Struct("<HH2sH")
+_LONG_HEADER = struct.Struct("<HH2sHI")
+_PLAIN_KEYS = frozenset({"vr", "Value"})
+_VR_BYTES = {vr: vr.encode("ascii") for vr in (*_TEXT_VRS, *_NUMBER_FORMATS)}
+
+
 def _header(tag: int, vr: str, length: int) -> bytes:
     group, element = tag >> 16, tag & 0xFFFF
     if vr in _LONG_VRS:
-        return struct.pack("<HH2sHI", group, element, vr.encode("ascii"), 0, length)
-    return struct.pack("<HH2sH", group, element, vr.encode("ascii"), length)
+        return _LONG_HEADER.pack(group, element, vr.encode("ascii"), 0, length)
+    return _SHORT_HEADER.pack(group, element, _VR_BYTES.get(vr) or vr.encode("ascii"), length)
 
 
 def _text(vr: str, values: list[Any], encoding: str) -> bytes | None:
+    if len(values) == 1 and type(values[0]) is str and vr != "PN":  # the common case
+        try:
+            data = values[0].encode(encoding)
+        except UnicodeEncodeError:
+            return None
+        return data + (b"\x00" if vr == "UI" else b" ") if len(data) % 2 else data
     parts = []
     for v in values:
         if vr == "PN":
@@ -59,6 +71,11 @@ def _text(vr: str, values: list[Any], encoding: str) -> bytes | None:
 
 def _numbers(vr: str, values: list[Any]) -> bytes | None:
     fmt = _NUMBER_FORMATS[vr]
+    if len(values) == 1 and type(values[0]) is int:  # the common case (a bool is no int here)
+        try:
+            return struct.pack(fmt, values[0])
+        except struct.error:
+            return None
     if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
         return None
     if fmt[-1] not in "fd" and any(not isinstance(v, int) for v in values):
@@ -76,15 +93,14 @@ def encode_dataset(elements: Mapping[str, Any]) -> bytes | None:
         return None
     encoding = "utf-8" if charset == ["ISO_IR 192"] else "ascii"
     out = []
-    for key in sorted(elements, key=lambda k: int(k, 16)):
+    for tag, key in sorted((int(k, 16), k) for k in elements):
         element = elements[key]
         vr = element.get("vr")
-        if set(element) - {"vr", "Value"}:
+        if not element.keys() <= _PLAIN_KEYS:
             return None  # BulkDataURI, InlineBinary
         values = element.get("Value") or []
-        if not isinstance(values, list) or any(v is None for v in values):
+        if not isinstance(values, list) or None in values:
             return None
-        tag = int(key, 16)
         if tag >> 16 == 0x0002 or tag >= 0x7FE00010:
             return None
         if vr in _TEXT_VRS:

@@ -54,7 +54,11 @@ _SOF_PROCESS = {
     0xCF: "arithmetic",
 }
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: no length field
+_VALID_PRECISION = {"baseline": (8,), "extended": (8, 12)}
+_LOSSLESS_PRECISION = range(2, 17)
+_NOT_PLAIN = frozenset({0x00, 0xFF, _SOI, _EOI, *_STANDALONE})  # left to the reader's walk
 _MAX_TRAILING = 64  # bytes after EOI tolerated (some writers pad); more means not one image
+_BLOCK = 16 << 10  # the first read: headers are usually a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -120,22 +124,48 @@ def _truncated(message: str) -> InvalidInputError:
 
 
 class _Reader:
+    """Reads the header from one block read up front (a marker walk makes dozens of small
+    reads), reading further blocks only for headers that do not fit."""
+
     def __init__(self, stream: BinaryIO, size: int) -> None:
         self._stream = stream
         self._size = size
+        self._buf = stream.read(_BLOCK)
+        self._start = 0  # file offset of _buf[0]
         self.pos = 0
 
+    def first(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the file's start, as far as the first block goes."""
+        return self._buf[:n] if self._start == 0 else b""
+
+    def peek(self, n: int) -> bytes:
+        i = self.pos - self._start
+        return self._buf[i : i + n]
+
     def read(self, n: int, what: str) -> bytes:
-        data = self._stream.read(n)
+        if self.pos + n > self._start + len(self._buf):
+            self._stream.seek(self.pos)
+            self._buf = self._stream.read(max(n, _BLOCK))
+            self._start = self.pos
+        i = self.pos - self._start
+        data = self._buf[i : i + n]
         self.pos += len(data)
         if len(data) < n:
             raise _truncated(f"the JPEG ends inside its {what}")
         return data
 
+    def marker(self) -> int:
+        """The next marker: two bytes from the block when they are a plain one."""
+        i = self.pos - self._start
+        buf = self._buf
+        if i + 1 < len(buf) and buf[i] == 0xFF and buf[i + 1] not in (0x00, 0xFF):
+            self.pos += 2
+            return buf[i + 1]
+        return _next_marker(self)
+
     def skip(self, n: int, what: str) -> None:
         if self.pos + n > self._size:
             raise _truncated(f"the JPEG ends inside its {what}")
-        self._stream.seek(n, 1)
         self.pos += n
 
 
@@ -148,16 +178,66 @@ def read_jpeg_info(stream: BinaryIO, size: int) -> JpegInfo:
         ``unsupported_jpeg`` (a coding process DICOM cannot carry here, or 2 or 4 components).
     """
     r = _Reader(stream, size)
-    head = stream.read(2)
+    head = r.peek(2)
     r.pos = len(head)
     if head != b"\xff\xd8":
         raise _bad("the file does not start with a JPEG SOI marker (is it a JPEG?)")
+    walked = _walk_block(r.first(size)) or _walk(r)
+    frame, jfif, adobe_transform, predictor, header_end = walked
+    if frame is None:
+        raise _bad("the JPEG has no frame header (SOF) before its scan")
+    info = _frame_info(frame[0], frame[1], jfif, adobe_transform, predictor)
+    _check_end(stream, size, header_end)
+    return info
+
+
+# (frame marker and header, JFIF, Adobe transform, lossless predictor, end of the scan header)
+_Walked = tuple[tuple[int, bytes] | None, bool, int | None, int, int]
+
+
+def _walk_block(block: bytes) -> _Walked | None:
+    """``_walk`` over a header that lies whole in ``block`` (the file's first bytes) and has
+    nothing unusual (fill bytes, standalone markers, bad lengths): the common case, in plain
+    indexing. None otherwise: ``_walk`` then finds the same values, or the error to raise."""
+    n = len(block)
+    i = 2
+    frame: tuple[int, bytes] | None = None
+    jfif = False
+    adobe_transform: int | None = None
+    while i + 4 <= n:
+        marker = block[i + 1]
+        if block[i] != 0xFF or marker in _NOT_PLAIN:
+            return None
+        length = (block[i + 2] << 8) | block[i + 3]
+        start, end = i + 4, i + 2 + length
+        if length < 2 or end > n:
+            return None
+        if marker in _SOF_PROCESS:
+            if frame is not None:
+                return None
+            frame = (marker, block[start:end])
+        elif marker == _SOS:
+            scan = block[start:end]
+            predictor = 0
+            if len(scan) >= 1 + 2 * scan[0] + 1:
+                predictor = scan[1 + 2 * scan[0]]
+            return frame, jfif, adobe_transform, predictor, end
+        elif marker == _APP0 and length >= 7:
+            jfif = jfif or block.startswith(b"JFIF\x00", start)
+        elif marker == _APP14 and length >= 14 and block.startswith(b"Adobe", start):
+            adobe_transform = block[start + 11]
+        i = end
+    return None
+
+
+def _walk(r: _Reader) -> _Walked:
+    """The markers from after SOI to the end of the first scan header, read through ``r``."""
     frame: tuple[int, bytes] | None = None
     jfif = False
     adobe_transform: int | None = None
     predictor = 0
     while True:
-        marker = _next_marker(r)
+        marker = r.marker()
         if marker in _STANDALONE:
             continue
         if marker in (_SOI, _EOI):
@@ -183,11 +263,7 @@ def read_jpeg_info(stream: BinaryIO, size: int) -> JpegInfo:
                 adobe_transform = body[11]
         else:
             r.skip(length - 2, f"FF{marker:02X} segment")
-    if frame is None:
-        raise _bad("the JPEG has no frame header (SOF) before its scan")
-    info = _frame_info(frame[0], frame[1], jfif, adobe_transform, predictor)
-    _check_end(stream, size, r.pos)
-    return info
+    return frame, jfif, adobe_transform, predictor, r.pos
 
 
 def _next_marker(r: _Reader) -> int:
@@ -225,8 +301,8 @@ def _frame_info(
     components = body[5]
     if len(body) < 6 + 3 * components:
         raise _bad("the JPEG frame header is too short for its components")
-    ids = [body[6 + 3 * i] for i in range(components)]
-    sampling = tuple((body[7 + 3 * i] >> 4, body[7 + 3 * i] & 0x0F) for i in range(components))
+    ids = body[6 : 6 + 3 * components : 3]
+    sampling = tuple((b >> 4, b & 0x0F) for b in body[7 : 7 + 3 * components : 3])
     if rows == 0 or columns == 0:
         raise InvalidInputError(
             Reason.UNSUPPORTED_JPEG, "the JPEG's height is not in its frame header (DNL marker)"
@@ -236,13 +312,12 @@ def _frame_info(
             Reason.UNSUPPORTED_JPEG,
             f"the JPEG has {components} components; DICOM images here have 1 or 3",
         )
-    valid_precision = {"baseline": (8,), "extended": (8, 12)}.get(process, tuple(range(2, 17)))
-    if precision not in valid_precision:
+    if precision not in _VALID_PRECISION.get(process, _LOSSLESS_PRECISION):
         raise _bad(f"{precision}-bit samples are not valid in a {process} JPEG")
     if adobe_transform is not None:
         rgb = adobe_transform == 0
     else:
-        rgb = not jfif and ids == [ord("R"), ord("G"), ord("B")]
+        rgb = not jfif and ids == b"RGB"
     return JpegInfo(
         rows=rows,
         columns=columns,

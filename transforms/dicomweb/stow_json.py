@@ -28,6 +28,7 @@ already-present handling) is the store's own logic.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -41,15 +42,13 @@ from transforms.dicom.build import (
     TRANSFER_SYNTAX_TAG,
     PreparedInstance,
     build_part10,
-    complete,
+    metadata_elements,
 )
 from transforms.dicom.jpeg import read_jpeg_info
 from transforms.dicomweb.multipart import (
     FileSegment,
-    Part,
     Segment,
     StreamingBody,
-    multipart_related,
     new_boundary,
 )
 from transforms.dicomweb.stow import StoreReport, StowClient
@@ -58,6 +57,7 @@ from transforms.records import DicomFile, StowBatch
 
 ACCEPT = "application/dicom+json, application/dicom+xml;q=0.9"
 METADATA_TYPE = "application/dicom+json"
+PART10_TYPE = "application/dicom"
 BULK_URI_PREFIX = "jpeg-image-"
 
 
@@ -65,19 +65,31 @@ def request_content_type(boundary: str) -> str:
     return f'multipart/related; type="{METADATA_TYPE}"; boundary={boundary}'
 
 
-def instance_metadata(pair: PreparedInstance, bulk_uri: str) -> dict[str, Any]:
-    """The DICOM JSON of one instance as the request carries it."""
-    data: dict[str, Any] = json.loads(pair.metadata_json)
+def instance_metadata(
+    pair: PreparedInstance, bulk_uri: str, elements: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The DICOM JSON of one instance as the request carries it (``elements``: the pair's
+    ``metadata_elements``, used and changed in place, when the caller has them)."""
+    data = metadata_elements(pair) if elements is None else elements
     data[SPECIFIC_CHARACTER_SET] = {"vr": "CS", "Value": ["ISO_IR 192"]}  # Google requires it
     data[TRANSFER_SYNTAX_TAG] = {"vr": "UI", "Value": [pair.transfer_syntax_uid]}
     data[PIXEL_DATA] = {"vr": "OB", "BulkDataURI": bulk_uri}
     return data
 
 
-def json_jpeg_segments(pairs: Sequence[PreparedInstance], boundary: str) -> list[Segment]:
-    """The request body as segments: literal bytes and the JPEG files (streamed)."""
+def json_jpeg_segments(
+    pairs: Sequence[PreparedInstance],
+    boundary: str,
+    elements: Sequence[dict[str, Any] | None] | None = None,
+) -> list[Segment]:
+    """The request body as segments: literal bytes and the JPEG files (streamed).
+    ``elements``: each pair's ``metadata_elements`` (or None), when the caller has them."""
     uris = [f"{BULK_URI_PREFIX}{n}" for n in range(1, len(pairs) + 1)]
-    metadata = [instance_metadata(p, uri) for p, uri in zip(pairs, uris, strict=True)]
+    given = [None] * len(pairs) if elements is None else elements
+    metadata = [
+        instance_metadata(p, uri, dict(e) if e is not None else None)
+        for p, uri, e in zip(pairs, uris, given, strict=True)
+    ]
     delimiter = f"\r\n--{boundary}\r\n"
     head = f"--{boundary}\r\nContent-Type: {METADATA_TYPE}\r\n\r\n".encode("ascii")
     segments: list[Segment] = [head + json.dumps(metadata, ensure_ascii=False).encode("utf-8")]
@@ -112,19 +124,19 @@ class _PairStowClient(StowClient):
         super().__init__(*args, **kwargs)
         if self.config.single_part:
             raise ValueError("pairs are sent as multipart: single_part does not apply")
-        self._in_flight: dict[str, tuple[PreparedInstance, bytes | None]] = {}
+        self._in_flight: dict[str, tuple[PreparedInstance, Any]] = {}
         self._lock = threading.Lock()
 
     def store_pairs(self, study: str, pairs: Sequence[PreparedInstance]) -> StoreReport:
         """Store the pairs of one study in as few requests as allowed; one outcome per pair."""
-        pairs, incomplete = self._complete(pairs)
-        prepared, failed = self._prepare(pairs)
+        completed, incomplete = self._complete(pairs)
+        prepared, failed = self._prepare(completed)
         failed[:0] = incomplete
         with self._lock:
-            for pair, data in prepared:
-                self._in_flight[pair.jpeg_path] = (pair, data)
+            for pair, payload in prepared:
+                self._in_flight[pair.jpeg_path] = (pair, payload)
         try:
-            files = tuple(as_dicom_file(p, None if d is None else len(d)) for p, d in prepared)
+            files = tuple(as_dicom_file(p, self._size(p, d)) for p, d in prepared)
             report = self.store(StowBatch(study, files)) if files else StoreReport()
         finally:
             with self._lock:
@@ -135,15 +147,16 @@ class _PairStowClient(StowClient):
 
     def _complete(
         self, pairs: Sequence[PreparedInstance]
-    ) -> tuple[list[PreparedInstance], list[DeadLetter]]:
-        """Slim pairs get their metadata again, from their JSON files (read now, in this
-        request's thread: the metadata of a pair is in memory only while it is sent)."""
-        done: list[PreparedInstance] = []
+    ) -> tuple[list[tuple[PreparedInstance, dict[str, Any]]], list[DeadLetter]]:
+        """Each pair with its metadata elements; a slim pair's are derived again from its JSON
+        file (read now, in this request's thread: the metadata of a pair is in memory only
+        while it is sent)."""
+        done: list[tuple[PreparedInstance, dict[str, Any]]] = []
         failed: list[DeadLetter] = []
         opener = self.opener or _open_local
         for pair in pairs:
             try:
-                done.append(complete_from_file(pair, opener))
+                done.append((pair, elements_from_file(pair, opener)))
             except InvalidInputError as exc:
                 failed.append(_build_failed(pair, exc.reason, exc.message))
             except OSError as exc:
@@ -155,11 +168,16 @@ class _PairStowClient(StowClient):
         return done, failed
 
     def _prepare(
-        self, pairs: Sequence[PreparedInstance]
-    ) -> tuple[list[tuple[PreparedInstance, bytes | None]], list[DeadLetter]]:
-        return [(p, None) for p in pairs], []
+        self, pairs: Sequence[tuple[PreparedInstance, dict[str, Any]]]
+    ) -> tuple[list[tuple[PreparedInstance, Any]], list[DeadLetter]]:
+        """(pair, what its request needs) for each pair: here its metadata elements."""
+        return list(pairs), []
 
-    def _pending(self, files: list[DicomFile]) -> list[tuple[PreparedInstance, bytes | None]]:
+    @staticmethod
+    def _size(pair: PreparedInstance, payload: Any) -> int | None:
+        return None
+
+    def _pending(self, files: list[DicomFile]) -> list[tuple[PreparedInstance, Any]]:
         with self._lock:
             return [self._in_flight[f.path] for f in files]
 
@@ -184,10 +202,12 @@ class JsonJpegStowClient(_PairStowClient):
     def build_request(
         self, study: str, files: list[DicomFile]
     ) -> tuple[str, dict[str, str], Callable[[], StreamingBody]]:
-        pairs = [pair for pair, _ in self._pending(files)]
+        pending = self._pending(files)
+        pairs = [pair for pair, _ in pending]
         boundary = new_boundary()
         headers = self._headers(request_content_type(boundary))
-        body = self._body(json_jpeg_segments(pairs, boundary))
+        # A copy of each pair's elements: a retried request lays its body out again.
+        body = self._body(json_jpeg_segments(pairs, boundary, [e for _, e in pending]))
         return self.config.endpoint.study_url(study), headers, body
 
 
@@ -197,13 +217,13 @@ class Part10StowClient(_PairStowClient):
     stores files. A pair that cannot be built is dead-lettered alone (stage ``build``)."""
 
     def _prepare(
-        self, pairs: Sequence[PreparedInstance]
-    ) -> tuple[list[tuple[PreparedInstance, bytes | None]], list[DeadLetter]]:
-        built: list[tuple[PreparedInstance, bytes | None]] = []
+        self, pairs: Sequence[tuple[PreparedInstance, dict[str, Any]]]
+    ) -> tuple[list[tuple[PreparedInstance, Any]], list[DeadLetter]]:
+        built: list[tuple[PreparedInstance, Any]] = []
         failed: list[DeadLetter] = []
-        for pair in pairs:
+        for pair, elements in pairs:
             try:
-                built.append((pair, build_from_file(pair, self.opener or _open_local)))
+                built.append((pair, _build(pair, elements, self.opener or _open_local)))
             except InvalidInputError as exc:
                 failed.append(_build_failed(pair, exc.reason, exc.message))
             except OSError as exc:
@@ -214,21 +234,36 @@ class Part10StowClient(_PairStowClient):
                 failed.append(_build_failed(pair, Reason.BUILD_FAILED, why))
         return built, failed
 
+    @staticmethod
+    def _size(pair: PreparedInstance, payload: Any) -> int | None:
+        return len(payload)
+
     def build_request(
         self, study: str, files: list[DicomFile]
     ) -> tuple[str, dict[str, str], Callable[[], StreamingBody]]:
         instances = [data or b"" for _, data in self._pending(files)]
         boundary = new_boundary()
-        parts = [Part("application/dicom", (data,)) for data in instances]
-        body, content_type = multipart_related(
-            parts, root_type="application/dicom", boundary=boundary
-        )
-        segments = list(body._segments)  # noqa: SLF001 - the same layout, rebuilt per attempt
+        content_type = f'multipart/related; type="{PART10_TYPE}"; boundary={boundary}'
         return (
             self.config.endpoint.study_url(study),
             self._headers(content_type),
-            self._body(segments),
+            self._body(part10_segments(instances, boundary)),
         )
+
+
+def part10_segments(instances: Sequence[bytes], boundary: str) -> list[Segment]:
+    """The ``multipart/related; type="application/dicom"`` body of in-memory instances, as
+    ``multipart_related`` lays it out, byte for byte, without joining the instances into one
+    literal (which copies the body once per part: quadratic in the batch's size)."""
+    head = f"--{boundary}\r\nContent-Type: {PART10_TYPE}\r\n\r\n".encode("ascii")
+    between = b"\r\n" + head
+    segments: list[Segment] = []
+    for n, data in enumerate(instances):
+        segments.append(between if n else head)
+        segments.append(data)
+    tail = f"--{boundary}--\r\n".encode("ascii")
+    segments.append(b"\r\n" + tail if instances else tail)
+    return segments
 
 
 def _open_local(path: str) -> BinaryIO:
@@ -246,9 +281,22 @@ def complete_from_file(
     """
     if not pair.is_slim or pair.json_path is None:
         return pair
+    elements = elements_from_file(pair, opener)
+    return dataclasses.replace(pair, metadata_json=json.dumps(elements, ensure_ascii=False))
+
+
+def elements_from_file(pair: PreparedInstance, opener: Callable[[str], BinaryIO]) -> dict[str, Any]:
+    """The pair's metadata elements (``metadata_elements``); a slim pair's from its JSON file.
+
+    Raises:
+      InvalidInputError: the JSON file changed since validation.
+      OSError: it cannot be read.
+    """
+    if not pair.is_slim or pair.json_path is None:
+        return metadata_elements(pair)
     with opener(pair.json_path) as stream:
         data = stream.read()
-    return complete(pair, data)
+    return metadata_elements(pair, data)
 
 
 def build_from_file(pair: PreparedInstance, opener: Callable[[str], BinaryIO]) -> bytes:
@@ -260,13 +308,18 @@ def build_from_file(pair: PreparedInstance, opener: Callable[[str], BinaryIO]) -
         is a JPEG).
       OSError: one cannot be read.
     """
-    pair = complete_from_file(pair, opener)
+    return _build(pair, elements_from_file(pair, opener), opener)
+
+
+def _build(
+    pair: PreparedInstance, elements: dict[str, Any], opener: Callable[[str], BinaryIO]
+) -> bytes:
     with opener(pair.jpeg_path) as stream:
         jpeg = stream.read()
     info = read_jpeg_info(io.BytesIO(jpeg), len(jpeg))
     if info.transfer_syntax_uid != pair.transfer_syntax_uid:
         raise InvalidInputError(Reason.UNREADABLE, "the JPEG changed since it was validated")
-    return build_part10(pair, jpeg)
+    return build_part10(pair, jpeg, elements)
 
 
 def _build_failed(pair: PreparedInstance, reason: str, message: str) -> DeadLetter:
