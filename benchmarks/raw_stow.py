@@ -7,7 +7,10 @@ One POST per instance (``multipart/related`` with one part: Orthanc refuses sing
 ``requests.Session``, each thread reading its files from disk just before sending them. With
 ``--batch N``, each POST holds N consecutive files (by path) as N parts: what batching alone
 buys from the server, with no validation, grouping or existence check. Every answer must be
-200 and list exactly the instances of its POST in ReferencedSOPSequence and none failed.
+200 and list exactly the instances of its POST in ReferencedSOPSequence and none failed; a POST
+that fails (an error status, a connection error) is sent again, up to three times in all, as
+any client that must store everything would (Orthanc answers an occasional error to eight
+concurrent large POSTs).
 Prints one JSON line: ``{"stored": N, "failed": M, "seconds": S}`` where ``S`` runs from the
 first POST to the last answer; exits 0 only when every file was stored. Imports nothing but
 ``requests``, so its start-up is the smallest a Python client can have.
@@ -27,6 +30,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 _REFERENCED, _FAILED = "00081199", "00081198"
+_ATTEMPTS = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,21 +56,24 @@ def main(argv: list[str] | None = None) -> int:
                 pieces += [opening, f.read(), b"\r\n"]
         pieces.append(f"--{boundary}--\r\n".encode("ascii"))
         body = b"".join(pieces)
-        resp = session.post(
-            url,
-            data=body,
-            headers={
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                "Accept": "application/dicom+json",
-            },
-            timeout=600,
-        )
-        if resp.status_code != 200:
-            return 0
-        answer = resp.json()
-        listed = answer.get(_REFERENCED, {}).get("Value", [])
-        ok = len(listed) == len(batch) and not answer.get(_FAILED, {}).get("Value")
-        return len(batch) if ok else 0
+        headers = {
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        }
+        for attempt in range(1, _ATTEMPTS + 1):  # the same work means every instance stored
+            try:
+                resp = session.post(url, data=body, headers=headers, timeout=600)
+            except requests.RequestException as exc:
+                why = type(exc).__name__
+            else:
+                if resp.status_code == 200:
+                    answer = resp.json()
+                    listed = answer.get(_REFERENCED, {}).get("Value", [])
+                    if len(listed) == len(batch) and not answer.get(_FAILED, {}).get("Value"):
+                        return len(batch)
+                why = f"HTTP {resp.status_code}"
+            print(f"attempt {attempt}: {why}", file=sys.stderr)
+        return 0
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(args.threads) as pool:
