@@ -151,21 +151,13 @@ class _PairStowClient(StowClient):
         """Each pair with its metadata elements; a slim pair's are derived again from its JSON
         file (read now, in this request's thread: the metadata of a pair is in memory only
         while it is sent)."""
-        done: list[tuple[PreparedInstance, dict[str, Any]]] = []
-        failed: list[DeadLetter] = []
         opener = self.opener or _open_local
-        for pair in pairs:
-            try:
-                done.append((pair, elements_from_file(pair, opener)))
-            except InvalidInputError as exc:
-                failed.append(_build_failed(pair, exc.reason, exc.message))
-            except OSError as exc:
-                why = f"cannot read the JSON file again ({exc.strerror})"
-                failed.append(_build_failed(pair, Reason.UNREADABLE, why))
-            except Exception as exc:  # one odd pair must not sink its batch
-                why = f"{type(exc).__name__} reading its metadata again"
-                failed.append(_build_failed(pair, Reason.BUILD_FAILED, why))
-        return done, failed
+        return _each_pair(
+            [(pair, None) for pair in pairs],
+            lambda pair, _: elements_from_file(pair, opener),
+            unreadable="cannot read the JSON file again",
+            doing="reading its metadata again",
+        )
 
     def _prepare(
         self, pairs: Sequence[tuple[PreparedInstance, dict[str, Any]]]
@@ -196,6 +188,30 @@ class _PairStowClient(StowClient):
         return body
 
 
+def _each_pair(
+    items: Sequence[tuple[PreparedInstance, Any]],
+    work: Callable[[PreparedInstance, Any], Any],
+    *,
+    unreadable: str,
+    doing: str,
+) -> tuple[list[tuple[PreparedInstance, Any]], list[DeadLetter]]:
+    """``(pair, work(pair, x))`` for each ``(pair, x)``; a pair whose work fails is a dead letter
+    of its own (one odd pair must not sink its batch): ``unreadable`` names what could not be
+    read, ``doing`` what was under way."""
+    done: list[tuple[PreparedInstance, Any]] = []
+    failed: list[DeadLetter] = []
+    for pair, x in items:
+        try:
+            done.append((pair, work(pair, x)))
+        except InvalidInputError as exc:
+            failed.append(_build_failed(pair, exc.reason, exc.message))
+        except OSError as exc:
+            failed.append(_build_failed(pair, Reason.UNREADABLE, f"{unreadable} ({exc.strerror})"))
+        except Exception as exc:  # the boundary of one pair
+            failed.append(_build_failed(pair, Reason.BUILD_FAILED, f"{type(exc).__name__} {doing}"))
+    return done, failed
+
+
 class JsonJpegStowClient(_PairStowClient):
     """Server mode: the store creates the instances from DICOM JSON + JPEG requests."""
 
@@ -219,20 +235,13 @@ class Part10StowClient(_PairStowClient):
     def _prepare(
         self, pairs: Sequence[tuple[PreparedInstance, dict[str, Any]]]
     ) -> tuple[list[tuple[PreparedInstance, Any]], list[DeadLetter]]:
-        built: list[tuple[PreparedInstance, Any]] = []
-        failed: list[DeadLetter] = []
-        for pair, elements in pairs:
-            try:
-                built.append((pair, _build(pair, elements, self.opener or _open_local)))
-            except InvalidInputError as exc:
-                failed.append(_build_failed(pair, exc.reason, exc.message))
-            except OSError as exc:
-                why = f"cannot read the JPEG ({exc.strerror})"
-                failed.append(_build_failed(pair, Reason.UNREADABLE, why))
-            except Exception as exc:  # one odd pair must not sink its batch
-                why = f"{type(exc).__name__} building it"
-                failed.append(_build_failed(pair, Reason.BUILD_FAILED, why))
-        return built, failed
+        opener = self.opener or _open_local
+        return _each_pair(
+            pairs,
+            lambda pair, elements: _build(pair, elements, opener),
+            unreadable="cannot read the JPEG",
+            doing="building it",
+        )
 
     @staticmethod
     def _size(pair: PreparedInstance, payload: Any) -> int | None:
