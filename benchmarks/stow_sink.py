@@ -230,8 +230,14 @@ class _SinkHandler(BaseHTTPRequestHandler):
             length -= len(chunk)
             yield chunk
 
-    def _part_heads(self, media: str, boundary: bytes | None) -> list[bytes] | None:
-        """Read the whole body; the first bytes of each part, or None when not STOW content."""
+    def _part_heads(
+        self, media: str, boundary: bytes | None, first_only: bool = False
+    ) -> list[bytes] | None:
+        """Read the whole body; the first bytes of each part, or None when not STOW content.
+
+        ``first_only``: the first part's alone, the rest of the body read and dropped unparsed
+        (a JSON + JPEG request is answered from its metadata part: parsing the JPEG parts would
+        make the sink cost as much per byte as a parser in Python does)."""
         if media == "application/dicom":
             head = bytearray()
             for chunk in self._body_chunks():
@@ -241,8 +247,10 @@ class _SinkHandler(BaseHTTPRequestHandler):
         if media == "multipart/related" and boundary:
             parts = PartHeads(boundary)
             for chunk in self._body_chunks():
+                if first_only and parts.heads:
+                    continue  # drained: the body is read to its end all the same
                 parts.feed(chunk)
-            return parts.finish()
+            return parts.finish()[:1] if first_only else parts.finish()
         for _ in self._body_chunks():
             pass
         return None
@@ -265,7 +273,8 @@ class _SinkHandler(BaseHTTPRequestHandler):
         media = ctype.split(";", 1)[0].strip().lower()
         stow_path = bool(_STOW_PATH.match(self.path.split("?", 1)[0]))
         try:
-            heads = self._part_heads(media, _boundary(ctype)) if stow_path else None
+            json_request = _root_type(ctype) == "application/dicom+json"
+            heads = self._part_heads(media, _boundary(ctype), json_request) if stow_path else None
             if not stow_path:
                 for _ in self._body_chunks():
                     pass
@@ -281,7 +290,7 @@ class _SinkHandler(BaseHTTPRequestHandler):
         prefix = sink.base_url + "/dicom-web/studies/x/series/x/instances/"
         stored: list[dict[str, object]] = []
         failed: list[dict[str, object]] = []
-        if _root_type(ctype) == "application/dicom+json":  # JSON metadata + bulk data
+        if json_request:  # JSON metadata + bulk data
             return self._reply_json_metadata(heads, prefix)
         for head in heads:
             cls, sop, ok = _scan_meta(head, 0, len(head))

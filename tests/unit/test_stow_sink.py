@@ -206,3 +206,53 @@ def test_google_path_form_is_stored_and_counted(sink: StowSink) -> None:
         assert other.status_code == 404
         counters = s.get(sink.base_url + "/_sink/counters", timeout=TIMEOUT).json()
     assert counters == {"requests": 2, "stow_requests": 1, "instances": 1, "failed": 0}
+
+
+def test_json_jpeg_request_answered_from_its_metadata_part_and_drained(
+    sink: StowSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JPEG parts are read to the end but not parsed (the parser is fed the first chunk
+    only): the request is answered from its metadata, and the connection serves again."""
+    import json  # noqa: PLC0415
+
+    import stow_sink  # noqa: PLC0415
+
+    fed: list[int] = []
+    feed = stow_sink.PartHeads.feed
+
+    def counting_feed(self: stow_sink.PartHeads, chunk: bytes) -> None:
+        fed.append(len(chunk))
+        feed(self, chunk)
+
+    monkeypatch.setattr(stow_sink.PartHeads, "feed", counting_feed)
+
+    metadata = [
+        {"00080016": {"vr": "UI", "Value": ["1.2.3"]}, "00080018": {"vr": "UI", "Value": [sop]}}
+        for sop in ("1.2.3.4", "1.2.3.5")
+    ]
+    boundary = "jj"
+    junk = (b"\r\n--j \xff\xd8" * 1000 + bytes(range(256)) * 40) * 170  # about 3 MiB each
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom+json\r\n\r\n".encode()
+        + json.dumps(metadata).encode()
+        + b"".join(
+            f"\r\n--{boundary}\r\nContent-Type: image/jpeg\r\n".encode()
+            + f"Content-Location: p{i}\r\n\r\n".encode()
+            + junk
+            for i in range(2)
+        )
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    content_type = f'multipart/related; type="application/dicom+json"; boundary={boundary}'
+    with requests.Session() as s:
+        for _ in range(2):  # the same connection: the whole body was consumed
+            r = s.post(
+                sink.base_url + "/dicom-web/studies",
+                data=body,
+                headers={"Content-Type": content_type},
+                timeout=TIMEOUT,
+            )
+            assert r.status_code == 200
+            assert _referenced(r.json()) == [("1.2.3", "1.2.3.4"), ("1.2.3", "1.2.3.5")]
+    assert sink.counters["instances"] == 4
+    assert len(body) > 6_000_000 and len(fed) == 2  # one 1 MiB chunk of each 6 MB request
