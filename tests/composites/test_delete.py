@@ -12,11 +12,11 @@ import factory
 import pydicom
 import pytest
 import requests
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from google_operations import GoogleOperationsStandin
 
+from pipelines.summary import counter_values
 from transforms import metrics
 from transforms.delete import DeleteFromDicomStore, PlanDeletes
 from transforms.dicomweb import http
@@ -26,14 +26,6 @@ from transforms.records import InstanceUids, PlannedDelete
 from transforms.targets import Target
 
 FAST = http.RetryPolicy(max_attempts=2, initial_backoff=0.01, timeout=(5.0, 10.0))
-
-
-def _counters(result: Any) -> dict[str, int]:
-    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
-    out: dict[str, int] = {}
-    for c in query["counters"]:
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + c.committed
-    return out
 
 
 def _study(n: int) -> tuple[bytes, str]:
@@ -79,7 +71,7 @@ def test_operations_in_flight_stay_within_max_operations(
     run.wait_until_finish()
     assert standin.instances == {}
     assert standin.max_running == 2  # ran two at once, never more
-    counters = _counters(run)
+    counters = counter_values(run)
     assert counters[metrics.OPERATIONS] == 8
     assert counters[metrics.TARGETS_DELETED] == 8
     assert counters[metrics.OPERATION_POLLS] >= 8

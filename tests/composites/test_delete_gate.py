@@ -4,14 +4,12 @@ is sent and each target to delete is exactly one over_max_targets dead letter.""
 
 from __future__ import annotations
 
-from typing import Any
-
 import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines.summary import counter_values
 from transforms import metrics
 from transforms.delete import DeleteFromDicomStore, GateDeletes, is_refused
 from transforms.dicomweb import http
@@ -29,14 +27,6 @@ def _plan(present: int, absent: int) -> list[PlannedDelete]:
     rows += [PlannedDelete(InstanceUids(f"1.3.{n}", "", ""), "studies", None, STATUS_ALREADY_ABSENT)
              for n in range(absent)]  # fmt: skip
     return rows
-
-
-def _counters(result: Any) -> dict[str, int]:
-    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
-    out: dict[str, int] = {}
-    for c in query["counters"]:
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + c.committed
-    return out
 
 
 def test_the_policy_refuses_only_past_the_limit() -> None:
@@ -87,7 +77,7 @@ def test_delete_past_max_targets_sends_no_request() -> None:
         equal_to([("1.3.0", "already_absent")]),
         label="absent",
     )
-    counters = _counters(p.run())
+    counters = counter_values(p.run())
     assert counters.get(metrics.HTTP_REQUESTS, 0) == 0
     assert counters[metrics.FAILED_PREFIX + "over_max_targets"] == 2
     assert counters[metrics.DEAD_LETTERS] == 2

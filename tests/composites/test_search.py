@@ -10,12 +10,12 @@ import apache_beam as beam
 import pytest
 import requests
 import search_data
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from qido_standin import QidoStandin
 
 from pipelines.local_orthanc import LocalOrthanc
+from pipelines.summary import counter_values
 from transforms import metrics
 from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.dicomweb.http import RetryPolicy
@@ -31,14 +31,6 @@ def store_corpus(orthanc: LocalOrthanc, corpus: search_data.Corpus) -> None:
     with requests.Session() as s:
         for path in corpus.paths:
             s.post(f"{orthanc.rest_url}/instances", data=path.read_bytes()).raise_for_status()
-
-
-def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
-    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
-    out: dict[str, int] = {}
-    for c in query["counters"]:
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + c.committed
-    return out
 
 
 def _key(match: SearchMatch) -> tuple[int, str]:
@@ -73,7 +65,7 @@ def test_many_queries_each_match_carries_its_query_id(
     assert_that(result.failed, equal_to([]), label="NoneFailed")
     run = p.run()
     run.wait_until_finish()
-    counters = _counters(run)
+    counters = counter_values(run)
     assert counters[metrics.SEARCH_QUERIES] == 4
     assert counters[metrics.SEARCH_MATCHES_PREFIX + "studies"] == 3
     assert counters[metrics.QIDO_PAGES] >= 4 + 2  # every query ends on an empty page here

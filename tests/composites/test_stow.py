@@ -7,24 +7,16 @@ from pathlib import Path
 import apache_beam as beam
 import factory
 import requests
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.local_orthanc import LocalOrthanc
+from pipelines.summary import counter_values
 from transforms import metrics
 from transforms.dicomweb.endpoint import DicomwebEndpoint
 from transforms.dicomweb.stow import StowConfig
 from transforms.read_dicom import ReadDicomFiles
 from transforms.stow import WriteToDicomStore
-
-
-def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
-    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
-    out: dict[str, int] = {}
-    for c in query["counters"]:
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + c.committed
-    return out
 
 
 def test_stores_every_instance_grouped_by_study(orthanc: LocalOrthanc, tmp_path: Path) -> None:
@@ -42,7 +34,7 @@ def test_stores_every_instance_grouped_by_study(orthanc: LocalOrthanc, tmp_path:
     assert_that(result.failed, equal_to([]), label="NoneFailed")
     run = p.run()
     run.wait_until_finish()
-    counters = _counters(run)
+    counters = counter_values(run)
     assert orthanc.instance_count() == 12
     assert counters[metrics.INSTANCES_STORED] == 12
     # 3 studies x 4 instances, batches of 3: 2 STOW requests per study, plus 1 QIDO per study.
