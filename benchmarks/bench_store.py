@@ -80,6 +80,7 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage  # noqa: E402
 from requests.adapters import HTTPAdapter  # noqa: E402
 
+import pipelines  # noqa: E402
 from pipelines.local_orthanc import ORTHANC_BINARY, LocalOrthanc, orthanc_available  # noqa: E402
 from pipelines.store import run as run_store  # noqa: E402
 from tests.factory import write_ct_instances  # noqa: E402
@@ -502,6 +503,19 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def child_env() -> dict[str, str]:
+    """The environment this benchmark was started with, for every measured child.
+
+    Importing ``pipelines`` asks OpenBLAS for one thread in this process (see
+    ``pipelines/__init__.py``); a baseline child (``import apache_beam``, Beam's
+    ``UploadToDicomStore``, a raw client) must not inherit that, and our jobs set it themselves.
+    """
+    env = dict(os.environ)
+    if pipelines.BLAS_THREADS_SET_HERE:
+        env.pop("OPENBLAS_NUM_THREADS", None)
+    return env
+
+
 def run_child(cmd: Sequence[str], log_path: Path, *, what: str) -> ChildRun:
     """Run ``cmd`` to completion under the RSS wrapper; its output goes to ``log_path``."""
     result_path = log_path.with_suffix(".rss")
@@ -509,7 +523,12 @@ def run_child(cmd: Sequence[str], log_path: Path, *, what: str) -> ChildRun:
     with open(log_path, "wb") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(
-            wrapped, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            wrapped,
+            cwd=ROOT,
+            env=child_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     _groups.add(proc)
     try:
@@ -789,7 +808,9 @@ def _timed_process(cmd: Sequence[str]) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the process and its children) of one run of ``cmd``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=CHILD_TIMEOUT)
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=child_env(), capture_output=True, timeout=CHILD_TIMEOUT
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -862,7 +883,9 @@ class ProcessRun:
 def _run_process(cmd: Sequence[str], what: str) -> tuple[float, float, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=CHILD_TIMEOUT
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
