@@ -79,6 +79,7 @@ class LocalOrthanc:
             "Plugins": [DICOMWEB_PLUGIN],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
+        self.workdir.mkdir(parents=True, exist_ok=True)  # --workdir may name a new directory
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         with open(self.log_path, "wb") as log:
