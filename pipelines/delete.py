@@ -41,6 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import preflight
+from pipelines.beam_speedups import dofn_specs_kept
 from pipelines.cli import JobSpec, UsageError, old_objects_frozen, parse_options, run_job
 from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
     EXIT_CRASH,
@@ -331,11 +332,12 @@ def run(argv: Sequence[str] | None = None) -> DeleteRun | None:
     if settings.preflight:
         preflight.check_store(settings.config.endpoint, settings.auth)
     start = time.monotonic()
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, settings)
-    with old_objects_frozen():
-        result = pipeline.run()
-        result.wait_until_finish()
+    with dofn_specs_kept():  # Beam's DoFn introspection once per DoFn
+        pipeline = beam.Pipeline(options=options)
+        build(pipeline, settings)
+        with old_objects_frozen():
+            result = pipeline.run()
+            result.wait_until_finish()
     counters = counter_values(result)
     to_delete = counters.get(metrics.TARGETS_TO_DELETE, 0)
     absent = counters.get(metrics.TARGETS_PLANNED_ABSENT, 0)

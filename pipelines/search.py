@@ -28,6 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
+from pipelines.beam_speedups import dofn_specs_kept
 from pipelines.cli import JobSpec, UsageError, old_objects_frozen, parse_options, run_job
 from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
     EXIT_CRASH,
@@ -217,11 +218,12 @@ def run(argv: Sequence[str] | None = None) -> SearchRun | None:
         options.view_as(StandardOptions).runner = "FnApiRunner"  # as pipelines.store: no Prism
     if settings.preflight:
         preflight.check_store(settings.config.endpoint, settings.auth)
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, settings)
-    with old_objects_frozen():
-        result = pipeline.run()
-        result.wait_until_finish()
+    with dofn_specs_kept():  # Beam's DoFn introspection once per DoFn
+        pipeline = beam.Pipeline(options=options)
+        build(pipeline, settings)
+        with old_objects_frozen():
+            result = pipeline.run()
+            result.wait_until_finish()
     summary = SearchSummary.from_result(
         result, time.monotonic() - start, settings.selection.query_count
     )

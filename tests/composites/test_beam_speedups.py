@@ -1,0 +1,124 @@
+"""Beam's DoFn introspection kept per DoFn while a job builds and runs (pipelines/beam_speedups)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import pytest
+from apache_beam.coders import VarIntCoder
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import userstate
+from apache_beam.transforms.core import CallableWrapperDoFn
+from apache_beam.transforms.timeutil import TimeDomain
+
+from pipelines.beam_speedups import dofn_specs_kept
+
+
+class _Plain(beam.DoFn):
+    def process(self, element: int) -> Iterator[int]:
+        yield element
+
+
+class _Counting(beam.DoFn):
+    """Stateful: a running count per key, and a timer that is never set."""
+
+    COUNT = userstate.ReadModifyWriteStateSpec("count", VarIntCoder())
+    FLUSH = userstate.TimerSpec("flush", TimeDomain.WATERMARK)
+
+    def process(
+        self,
+        element: tuple[str, int],
+        count: Any = beam.DoFn.StateParam(COUNT),
+        flush: Any = beam.DoFn.TimerParam(FLUSH),
+    ) -> Iterator[tuple[str, int]]:
+        seen = (count.read() or 0) + 1
+        count.write(seen)
+        yield element[0], seen
+
+    @userstate.on_timer(FLUSH)
+    def on_flush(self) -> Iterator[Any]:
+        return iter(())
+
+
+class _Duplicated(beam.DoFn):
+    def process(
+        self, element: int, a: Any = beam.DoFn.ElementParam, b: Any = beam.DoFn.ElementParam
+    ) -> Iterator[int]:
+        yield element
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every call that reaches Beam's own function, by DoFn."""
+    seen: list[object] = []
+    beams_own = userstate.get_dofn_specs
+
+    def counted(dofn: Any) -> Any:
+        seen.append(dofn)
+        return beams_own(dofn)
+
+    monkeypatch.setattr(userstate, "get_dofn_specs", counted)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "make", [_Plain, _Counting, lambda: CallableWrapperDoFn(lambda x: [x])], ids=str
+)
+def test_the_answer_is_beams_and_computed_once_per_dofn(make: Any, calls: list[object]) -> None:
+    dofn = make()
+    expected = userstate.get_dofn_specs(dofn)
+    calls.clear()
+    with dofn_specs_kept():
+        answers = [userstate.get_dofn_specs(dofn) for _ in range(5)]
+        other = make()
+        userstate.get_dofn_specs(other)
+    assert all(answer == expected for answer in answers)
+    assert calls == [dofn, other]  # one call per instance, not one per question
+
+
+def test_callers_get_copies(calls: list[object]) -> None:
+    dofn = _Counting()
+    with dofn_specs_kept():
+        states, _ = userstate.get_dofn_specs(dofn)
+        assert len(states) == 1
+        states.clear()  # a caller that changes what it got
+        again, timers = userstate.get_dofn_specs(dofn)
+    assert len(again) == 1 and len(timers) == 1
+
+
+def test_errors_are_raised_every_time_and_not_kept(calls: list[object]) -> None:
+    dofn = _Duplicated()
+    with dofn_specs_kept():
+        for _ in range(2):
+            with pytest.raises(ValueError, match="duplicate"):
+                userstate.get_dofn_specs(dofn)
+    assert calls == [dofn, dofn]
+
+
+def test_beams_function_is_back_after_the_outermost_context(calls: list[object]) -> None:
+    installed = userstate.get_dofn_specs
+    with dofn_specs_kept():
+        with dofn_specs_kept():
+            pass
+        assert userstate.get_dofn_specs is not installed  # the inner exit kept it
+        userstate.get_dofn_specs(_Plain())
+    assert userstate.get_dofn_specs is installed
+    dofn = _Plain()
+    userstate.get_dofn_specs(dofn)
+    userstate.get_dofn_specs(dofn)
+    assert calls[-2:] == [dofn, dofn]  # nothing kept any more
+
+
+def test_a_stateful_pipeline_runs_the_same_inside() -> None:
+    with dofn_specs_kept(), TestPipeline(runner="FnApiRunner") as p:
+        counted = (
+            p
+            | beam.Create([("a", 1), ("a", 2), ("b", 3), ("a", 4)])
+            | beam.ParDo(_Counting())
+            | beam.Map(lambda kv: kv[1]).with_input_types(tuple[str, int])
+            | beam.CombineGlobally(max)
+        )
+        assert_that(counted, equal_to([3]))
