@@ -37,3 +37,9 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+
+# An editable install compiles nothing ahead, as a regular `pip install` does. Where the
+# environment forbids writing bytecode (PYTHONDONTWRITEBYTECODE, a read-only checkout), every job
+# would then compile the project's modules at each start (60-80 ms on 2 cores). Compiled once
+# here; an edited module is newer than its .pyc and is simply compiled again when imported.
+.venv/bin/python -m compileall -q -j 0 transforms pipelines >/dev/null
