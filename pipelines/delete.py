@@ -41,7 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import preflight
-from pipelines.beam_speedups import dofn_specs_kept
+from pipelines.beam_speedups import beam_work_kept
 from pipelines.cli import JobSpec, UsageError, old_objects_frozen, parse_options, run_job
 from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
     EXIT_CRASH,
@@ -311,6 +311,7 @@ class DeleteRun:
         return EXIT_OK if self.summary.failed == 0 else EXIT_DEAD_LETTERS
 
 
+@beam_work_kept()  # Beam's repeated introspection, once (pipelines/beam_speedups.py)
 def run(argv: Sequence[str] | None = None) -> DeleteRun | None:
     """Validate, preflight, then run the one pipeline (plan, gate, deletes) and summarise from its
     metrics; None when --help was printed.
@@ -332,12 +333,11 @@ def run(argv: Sequence[str] | None = None) -> DeleteRun | None:
     if settings.preflight:
         preflight.check_store(settings.config.endpoint, settings.auth)
     start = time.monotonic()
-    with dofn_specs_kept():  # Beam's DoFn introspection once per DoFn
-        pipeline = beam.Pipeline(options=options)
-        build(pipeline, settings)
-        with old_objects_frozen():
-            result = pipeline.run()
-            result.wait_until_finish()
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, settings)
+    with old_objects_frozen():
+        result = pipeline.run()
+        result.wait_until_finish()
     counters = counter_values(result)
     to_delete = counters.get(metrics.TARGETS_TO_DELETE, 0)
     absent = counters.get(metrics.TARGETS_PLANNED_ABSENT, 0)

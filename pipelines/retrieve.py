@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
-from pipelines.beam_speedups import dofn_specs_kept
+from pipelines.beam_speedups import beam_work_kept
 from pipelines.cli import JobSpec, UsageError, old_objects_frozen, parse_options, run_job
 from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
     EXIT_CRASH,
@@ -243,6 +243,7 @@ class RetrieveRun:
         return EXIT_OK if self.summary.failed == 0 else EXIT_DEAD_LETTERS
 
 
+@beam_work_kept()  # Beam's repeated introspection, once (pipelines/beam_speedups.py)
 def run(argv: Sequence[str] | None = None) -> RetrieveRun | None:
     """Validate, preflight, run to completion and summarise; None when --help was printed.
 
@@ -259,13 +260,12 @@ def run(argv: Sequence[str] | None = None) -> RetrieveRun | None:
         check_uids_file(settings.uids_file)
     if settings.preflight:
         preflight.check_store(settings.config.endpoint, settings.auth)
-    with dofn_specs_kept():  # Beam's DoFn introspection once per DoFn
-        pipeline = beam.Pipeline(options=options)
-        build(pipeline, settings)
-        start = time.monotonic()
-        with old_objects_frozen():
-            result = pipeline.run()
-            result.wait_until_finish()
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, settings)
+    start = time.monotonic()
+    with old_objects_frozen():
+        result = pipeline.run()
+        result.wait_until_finish()
     summary = RetrieveSummary.from_result(result, time.monotonic() - start)
     return RetrieveRun(settings, result, summary)
 

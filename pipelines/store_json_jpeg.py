@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines import preflight
-from pipelines.beam_speedups import dofn_specs_kept
+from pipelines.beam_speedups import beam_work_kept
 from pipelines.cli import JobSpec, old_objects_frozen, parse_options, run_job
 from pipelines.job_main import (  # noqa: F401 (the exit codes are the job's API too)
     EXIT_CRASH,
@@ -257,6 +257,7 @@ class JsonJpegRun:
         return "\n".join([mode, valid, rest])
 
 
+@beam_work_kept()  # Beam's repeated introspection, once (pipelines/beam_speedups.py)
 def run(argv: Sequence[str] | None = None) -> JsonJpegRun | None:
     """Validate, preflight, run to completion and summarise; None when --help was printed.
 
@@ -272,13 +273,12 @@ def run(argv: Sequence[str] | None = None) -> JsonJpegRun | None:
         preflight.check_inputs(settings.inputs)
         if settings.config is not None and not settings.build_only:
             preflight.check_store(settings.config.endpoint, settings.auth)
-    with dofn_specs_kept():  # Beam's DoFn introspection once per DoFn
-        pipeline = beam.Pipeline(options=options)
-        build(pipeline, settings)
-        start = time.monotonic()
-        with old_objects_frozen():
-            result = pipeline.run()
-            result.wait_until_finish()
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, settings)
+    start = time.monotonic()
+    with old_objects_frozen():
+        result = pipeline.run()
+        result.wait_until_finish()
     summary = StoreSummary.from_result(
         result, seconds_since_launch(), pipeline_seconds=time.monotonic() - start
     )

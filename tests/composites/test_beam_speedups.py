@@ -1,4 +1,4 @@
-"""Beam's DoFn introspection kept per DoFn while a job builds and runs (pipelines/beam_speedups)."""
+"""Beam's repeated work kept while a job runs: DoFn specs and options views (beam_speedups)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ from typing import Any
 import apache_beam as beam
 import pytest
 from apache_beam.coders import VarIntCoder
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import userstate
 from apache_beam.transforms.core import CallableWrapperDoFn
 from apache_beam.transforms.timeutil import TimeDomain
 
-from pipelines.beam_speedups import dofn_specs_kept
+from pipelines.beam_speedups import beam_work_kept
 
 
 class _Plain(beam.DoFn):
@@ -71,7 +76,7 @@ def test_the_answer_is_beams_and_computed_once_per_dofn(make: Any, calls: list[o
     dofn = make()
     expected = userstate.get_dofn_specs(dofn)
     calls.clear()
-    with dofn_specs_kept():
+    with beam_work_kept():
         answers = [userstate.get_dofn_specs(dofn) for _ in range(5)]
         other = make()
         userstate.get_dofn_specs(other)
@@ -81,7 +86,7 @@ def test_the_answer_is_beams_and_computed_once_per_dofn(make: Any, calls: list[o
 
 def test_callers_get_copies(calls: list[object]) -> None:
     dofn = _Counting()
-    with dofn_specs_kept():
+    with beam_work_kept():
         states, _ = userstate.get_dofn_specs(dofn)
         assert len(states) == 1
         states.clear()  # a caller that changes what it got
@@ -91,7 +96,7 @@ def test_callers_get_copies(calls: list[object]) -> None:
 
 def test_errors_are_raised_every_time_and_not_kept(calls: list[object]) -> None:
     dofn = _Duplicated()
-    with dofn_specs_kept():
+    with beam_work_kept():
         for _ in range(2):
             with pytest.raises(ValueError, match="duplicate"):
                 userstate.get_dofn_specs(dofn)
@@ -100,8 +105,8 @@ def test_errors_are_raised_every_time_and_not_kept(calls: list[object]) -> None:
 
 def test_beams_function_is_back_after_the_outermost_context(calls: list[object]) -> None:
     installed = userstate.get_dofn_specs
-    with dofn_specs_kept():
-        with dofn_specs_kept():
+    with beam_work_kept():
+        with beam_work_kept():
             pass
         assert userstate.get_dofn_specs is not installed  # the inner exit kept it
         userstate.get_dofn_specs(_Plain())
@@ -113,7 +118,7 @@ def test_beams_function_is_back_after_the_outermost_context(calls: list[object])
 
 
 def test_a_stateful_pipeline_runs_the_same_inside() -> None:
-    with dofn_specs_kept(), TestPipeline(runner="FnApiRunner") as p:
+    with beam_work_kept(), TestPipeline(runner="FnApiRunner") as p:
         counted = (
             p
             | beam.Create([("a", 1), ("a", 2), ("b", 3), ("a", 4)])
@@ -122,3 +127,32 @@ def test_a_stateful_pipeline_runs_the_same_inside() -> None:
             | beam.CombineGlobally(max)
         )
         assert_that(counted, equal_to([3]))
+
+
+def test_one_view_per_options_and_class_sharing_the_values() -> None:
+    options = PipelineOptions(["--runner", "FnApiRunner", "--project", "p1"])
+    other = PipelineOptions(["--project", "p2"])
+    with beam_work_kept():
+        standard = options.view_as(StandardOptions)
+        assert options.view_as(StandardOptions) is standard
+        assert options.view_as(GoogleCloudOptions) is not standard
+        assert other.view_as(StandardOptions) is not standard
+        assert other.view_as(GoogleCloudOptions).project == "p2"
+        # Values live in the options' shared store, whichever view writes them.
+        standard.runner = "DirectRunner"
+        assert options.view_as(StandardOptions).runner == "DirectRunner"
+        options.view_as(GoogleCloudOptions).project = "p3"
+        assert options.view_as(GoogleCloudOptions).project == "p3"
+    # Outside, Beam's own view_as again: a fresh view each time, the values kept.
+    assert options.view_as(StandardOptions) is not options.view_as(StandardOptions)
+    assert options.view_as(StandardOptions).runner == "DirectRunner"
+    assert options.view_as(GoogleCloudOptions).project == "p3"
+
+
+def test_a_view_of_new_options_with_a_reused_id_is_not_confused() -> None:
+    with beam_work_kept():
+        first = PipelineOptions(["--project", "one"])
+        assert first.view_as(GoogleCloudOptions).project == "one"
+        del first  # its id may be given to the next object
+        second = PipelineOptions(["--project", "two"])
+        assert second.view_as(GoogleCloudOptions).project == "two"
