@@ -39,36 +39,40 @@ _lock = threading.Lock()
 _depth = 0
 _beams_specs: Callable[[Any], _Specs] | None = None
 _beams_view_as: Callable[[PipelineOptions, type[Any]], Any] | None = None
-_specs: dict[int, tuple[weakref.ref[Any], _Specs]] = {}
-_views: dict[tuple[int, type[Any]], tuple[weakref.ref[Any], Any]] = {}
+_specs: dict[Any, tuple[weakref.ref[Any], Any]] = {}  # id(dofn) -> (dofn, specs)
+_views: dict[Any, tuple[weakref.ref[Any], Any]] = {}  # (id(options), cls) -> (options, view)
+
+
+def _remembered(
+    table: dict[Any, tuple[weakref.ref[Any], Any]],
+    key: Any,
+    owner: Any,
+    compute: Callable[[], Any],
+) -> Any:
+    """``table[key]`` while ``owner`` (whose id is in ``key``) is alive, else ``compute()``,
+    kept when ``owner`` can be weakly referenced. An exception of ``compute`` is not kept."""
+    entry = table.get(key)
+    if entry is not None and entry[0]() is owner:
+        return entry[1]
+    value = compute()
+    try:
+        table[key] = (weakref.ref(owner), value)
+    except TypeError:  # cannot be weakly referenced: not kept
+        pass
+    return value
 
 
 def _kept_specs(dofn: Any) -> _Specs:
     assert _beams_specs is not None
-    entry = _specs.get(id(dofn))
-    if entry is not None and entry[0]() is dofn:
-        states, timers = entry[1]
-    else:
-        states, timers = _beams_specs(dofn)
-        try:
-            _specs[id(dofn)] = (weakref.ref(dofn), (states, timers))
-        except TypeError:  # cannot be weakly referenced: not kept
-            return states, timers
-    return set(states), set(timers)
+    beams = _beams_specs
+    states, timers = _remembered(_specs, id(dofn), dofn, lambda: beams(dofn))
+    return set(states), set(timers)  # copies: a caller may change what it gets
 
 
 def _kept_view(options: PipelineOptions, cls: type[Any]) -> Any:
     assert _beams_view_as is not None
-    key = (id(options), cls)
-    entry = _views.get(key)
-    if entry is not None and entry[0]() is options:
-        return entry[1]
-    view = _beams_view_as(options, cls)
-    try:
-        _views[key] = (weakref.ref(options), view)
-    except TypeError:
-        pass
-    return view
+    beams = _beams_view_as
+    return _remembered(_views, (id(options), cls), options, lambda: beams(options, cls))
 
 
 @contextlib.contextmanager
