@@ -18,6 +18,7 @@ options or a failed preflight.
 from __future__ import annotations
 
 import csv
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,6 +101,11 @@ class JsonJpegSettings:
     max_batch_bytes: int
     max_concurrency: int
     preflight: bool
+    overwrite: bool = False
+
+
+# What --overwrite deletes, and what makes an --output "already used" (build_only writes built-).
+RESULT_NAMES = ("stored", "dead_letter", "built")
 
 
 def settings_from(options: PipelineOptions) -> JsonJpegSettings:
@@ -152,6 +158,7 @@ def settings_from(options: PipelineOptions) -> JsonJpegSettings:
         max_batch_bytes=store.max_batch_bytes,
         max_concurrency=store.max_concurrency,
         preflight=not web.no_preflight,
+        overwrite=store.overwrite,
     )
 
 
@@ -269,10 +276,16 @@ def run(argv: Sequence[str] | None = None) -> JsonJpegRun | None:
     settings = settings_from(options)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "FnApiRunner"  # as pipelines.store, same reason
-    if settings.preflight:
-        preflight.check_inputs(settings.inputs)
-        if settings.config is not None and not settings.build_only:
-            preflight.check_store(settings.config.endpoint, settings.auth)
+    # As pipelines.store, even with --no_preflight: a glob matching nothing or an output holding
+    # another run's results is a usage error (--overwrite deletes those results first).
+    preflight.check_inputs(settings.inputs)
+    removed = preflight.check_output(
+        settings.output, overwrite=settings.overwrite, names=RESULT_NAMES
+    )
+    if removed:
+        logging.info("--overwrite: deleted %d result files of an earlier run", len(removed))
+    if settings.preflight and settings.config is not None and not settings.build_only:
+        preflight.check_store(settings.config.endpoint, settings.auth)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, settings)
     start = time.monotonic()

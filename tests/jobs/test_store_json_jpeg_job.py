@@ -296,3 +296,34 @@ def test_client_mode_on_google_sends_part10_with_the_storage_class(tmp_path: Pat
         assert {b.storage_class for b in standin.instances.values()} == {"ARCHIVE"}
     stored = _lines(tmp_path / "o", "stored")
     assert sorted(r["source"] for r in stored) == sorted(str(g) for g in good)
+
+
+def test_a_reused_output_is_refused_unless_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As pipelines.store (what --help promises): one run's results are never mixed with an
+    earlier run's under the same --output."""
+    jf.write_good_pairs(tmp_path / "in", 2)
+    argv = ["--input", str(tmp_path / "in" / "*.json"), "--output", str(tmp_path / "o")]
+    assert job.main([*argv, "--build_only"]) == job.EXIT_OK
+    earlier = sorted(p.name for p in (tmp_path / "o").glob("built-*.jsonl"))
+    assert earlier
+    capsys.readouterr()
+    assert job.main([*argv, "--build_only"]) == job.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "already holds results of another run" in err and earlier[0] in err
+    assert sorted(p.name for p in (tmp_path / "o").glob("built-*.jsonl")) == earlier
+    # --overwrite deletes the earlier results first: the lines are this run's only.
+    jf.write_good_pairs(tmp_path / "in" / "more", 1, seed="more")
+    argv[1] = str(tmp_path / "in" / "**.json")
+    assert job.main([*argv, "--build_only", "--overwrite"]) == job.EXIT_OK
+    assert len(_lines(tmp_path / "o", "built")) == 3
+
+
+def test_a_glob_matching_nothing_is_a_usage_error_even_without_preflight(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--input", str(tmp_path / "nothing-*.json"), "--output", str(tmp_path / "o")]
+    assert job.main([*argv, "--build_only", "--no_preflight"]) == job.EXIT_USAGE
+    assert "no file matches" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.jsonl"))
