@@ -8,11 +8,18 @@ of a small job's graph construction and run): each bundle writes one temporary f
 last step renames them into their shard names and deletes the temporary folder. A bundle that
 is retried leaves an orphan temporary file that is never renamed (exactly once) and is deleted
 with the folder. Nothing is written for an empty collection.
+
+The shards of a name are this run's only: shards of the same name an earlier run left under the
+prefix (``NAME-SSSSS-of-NNNNN.jsonl`` with another count, or all of them when this run has no
+line of that name) are deleted once this run's are in place. Without it a re-run (a resumed
+retrieve, a repeated delete) left, say, ``dead_letter-00000-of-00001.jsonl`` of the first run
+beside a clean second run, and the README's globs read both runs' lines.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -53,15 +60,17 @@ class _WriteBundleFn(beam.DoFn):
 
 
 def _finalize(
-    element: tuple[None, Iterable[str]], prefix: str, name: str, temp_dir: str
+    element: tuple[None, Iterable[str | None]], prefix: str, name: str, temp_dir: str
 ) -> list[str]:
-    temps = sorted(element[1])
+    # None is the marker every name gets (see _every_name): a name with no line has only it.
+    temps = sorted(path for path in element[1] if path is not None)
     n = len(temps)
     finals = [f"{prefix}/{name}-{i:05d}-of-{n:05d}.jsonl" for i in range(n)]
     # A retried finalisation finds some files already renamed.
     pending = [(t, f) for t, f in zip(temps, finals, strict=True) if FileSystems.exists(t)]
     if pending:
         FileSystems.rename([t for t, _ in pending], [f for _, f in pending])
+    _delete_earlier_shards(prefix, name, finals)
     # The folder, with the orphans of retried bundles ("/" makes it recursive on gs://; a local
     # folder is removed whole). Left behind, it is only clutter: never fail the job for it.
     folder = temp_dir + "/" if "://" in temp_dir else temp_dir
@@ -71,6 +80,37 @@ def _finalize(
     except Exception as exc:
         _log.warning("could not delete the temporary folder %s (%s)", temp_dir, type(exc).__name__)
     return finals
+
+
+def _delete_earlier_shards(prefix: str, name: str, finals: list[str]) -> None:
+    """Delete the ``NAME-SSSSS-of-NNNNN.jsonl`` shards under ``prefix`` that are not this run's."""
+    shard = re.compile(re.escape(name) + r"-\d{5}-of-\d{5}\.jsonl")
+    keep = set(finals)
+    try:
+        found = FileSystems.match([f"{prefix}/{name}-*-of-*.jsonl"])[0].metadata_list
+        earlier = [
+            m.path
+            for m in found
+            if m.path not in keep and shard.fullmatch(m.path.rsplit("/", 1)[-1])
+        ]
+        if earlier:
+            _log.info("replacing %d %s shards of an earlier run in %s", len(earlier), name, prefix)
+            FileSystems.delete(earlier)
+    except Exception as exc:  # Beam raises BeamIOError and friends; this run's files are written
+        _log.warning(
+            "could not delete the %s shards of an earlier run in %s (%s): delete them by hand",
+            name,
+            prefix,
+            type(exc).__name__,
+        )
+
+
+def _every_name(
+    pipeline: beam.Pipeline, names: Iterable[Any], label: str
+) -> beam.PCollection[tuple[Any, None]]:
+    """One ``(name, None)`` marker per name: the gathering step then has a group for each name,
+    also for one that has no line this run, whose earlier shards must go too."""
+    return pipeline | label >> beam.Create([(name, None) for name in names])
 
 
 class WriteLines(beam.PTransform):
@@ -88,10 +128,14 @@ class WriteLines(beam.PTransform):
         self._temp_dir = f"{self._prefix}/.temp-{name}-{uuid.uuid4().hex}"
 
     def expand(self, lines: beam.PCollection) -> beam.PCollection:
-        return (
+        keyed = (
             lines
             | "WriteBundles" >> beam.ParDo(_WriteBundleFn(self._temp_dir, self._to_line))
             | "OneKey" >> beam.Map(lambda path: (None, path))
+        )
+        return (
+            (keyed, _every_name(lines.pipeline, [None], "Marker"))
+            | "WithMarker" >> beam.Flatten()
             | "Gather" >> beam.GroupByKey()
             | "Rename"
             >> beam.FlatMap(
@@ -144,8 +188,9 @@ class WriteLineFiles(beam.PTransform):
             >> beam.ParDo(_NamedWriteBundleFn(name, temp_dirs[name], self._to_line))
             for name, lines in named.items()
         )
+        markers = _every_name(next(iter(named.values())).pipeline, named, "Markers")
         return (
-            paths
+            (*paths, markers)
             | "Paths" >> beam.Flatten()
             | "Gather" >> beam.GroupByKey()
             | "Rename" >> beam.FlatMap(_finalize_named, prefix=self._prefix, temp_dirs=temp_dirs)

@@ -51,3 +51,44 @@ def test_line_files_write_each_name_in_its_shards_with_one_gathering(tmp_path: P
         assert sorted(written, key=json.dumps) == sorted(records, key=json.dumps)
     assert not list(out.glob("empty-*"))
     assert [x.name for x in out.iterdir() if x.name.startswith(".")] == []
+
+
+def _earlier_run(out: Path, name: str, shards: int) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}-{i:05d}-of-{shards:05d}.jsonl" for i in range(shards)]
+    for path in paths:
+        path.write_text('{"earlier": true}\n')
+    return paths
+
+
+def test_a_rerun_replaces_the_earlier_shards_of_each_name(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _earlier_run(out, "stored", 3)
+    _earlier_run(out, "dead_letter", 1)  # this run has none: the earlier ones must go too
+    # Not shards of ours: left alone.
+    others = [out / "stored-notes.txt", out / "storedx-00000-of-00001.jsonl"]
+    others += [out / "stored-00000-of-00003.jsonl.bak", out / "study" / "a.dcm"]
+    for path in others:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("keep")
+    with TestPipeline() as p:
+        named = {
+            "stored": p | "Stored" >> beam.Create([{"n": 1}, {"n": 2}]),
+            "dead_letter": p | "Failed" >> beam.Create([]),
+        }
+        _ = named | WriteLineFiles(str(out), to_line=lambda r: json.dumps(r, sort_keys=True))
+    shards = sorted(out.glob("stored-*.jsonl"))
+    assert [s.name for s in shards] == ["stored-00000-of-00001.jsonl"]
+    assert sorted(shards[0].read_text().splitlines()) == ['{"n": 1}', '{"n": 2}']
+    assert list(out.glob("dead_letter-*")) == []
+    assert all(path.read_text() == "keep" for path in others)
+
+
+def test_write_lines_replaces_earlier_shards_even_when_it_has_no_line(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _earlier_run(out, "plan", 2)
+    _earlier_run(out, "deleted", 1)  # another name: not this transform's
+    with TestPipeline() as p:
+        _ = p | beam.Create([]) | WriteLines(str(out), "plan")
+    assert list(out.glob("plan-*")) == []
+    assert [p.name for p in out.glob("deleted-*")] == ["deleted-00000-of-00001.jsonl"]

@@ -153,6 +153,26 @@ def test_manifest_resumes_non_dicom_files_and_missing_targets_exit_3(
     assert pngs[0].read_bytes().startswith(b"\x89PNG")
 
 
+def test_a_clean_rerun_leaves_no_dead_letters_of_the_run_before(
+    orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    """A re-run's result files are its own: the first run's dead letters do not linger beside a
+    second run that had none (the README's glob would read them as this run's)."""
+    inputs = _store(orthanc, tmp_path / "in", count=2, studies=1)
+    uids = _uids_file(tmp_path / "uids.txt", inputs, "instances")
+    good = uids.read_text()
+    missing = good.splitlines()[1].rsplit("/", 1)[0] + "/1.2.3.4.5\n"
+    uids.write_text(good + missing)
+    argv = ["--uids_file", str(uids), "--dicomweb_url", orthanc.dicomweb_url]
+    out = tmp_path / "out"
+    assert retrieve.main([*argv, "--output", str(out)]) == retrieve.EXIT_DEAD_LETTERS
+    assert [d["reason"] for d in _rows(out, "dead_letter")] == ["not_found"]
+    uids.write_text(good)  # the user drops the target that does not exist
+    assert retrieve.main([*argv, "--output", str(out)]) == retrieve.EXIT_OK
+    assert _rows(out, "dead_letter") == []
+    assert sorted(str(r["sop_uid"]) for r in _rows(out, "retrieved")) == sorted(inputs)
+
+
 def test_retrieve_selected_by_a_search(orthanc: LocalOrthanc, tmp_path: Path) -> None:
     inputs = _store(orthanc, tmp_path / "in", count=4, studies=2)
     study = str(pydicom.dcmread(next(iter(inputs.values()))).StudyInstanceUID)
