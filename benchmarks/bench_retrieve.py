@@ -400,8 +400,9 @@ def scenario_large(opts: argparse.Namespace, work: Path) -> dict[str, object]:
 
 def clean_disk() -> None:
     """Before each side: the GiBs the sides before wrote are flushed to disk (not timed), so no
-    side is throttled by the kernel's write-back of another side's data. Without it the same
-    one-stream client measured 178 then 838 MB/s in consecutive rounds."""
+    side pays for the kernel's write-back of another side's data. On the VM of 2026-12-01 it did
+    not remove the variance (the same hashing client: 136 to 701 MB/s in six runs in a row, with
+    or without it); docs/benchmarks.md says what was seen."""
     os.sync()
 
 
