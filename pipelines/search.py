@@ -59,6 +59,7 @@ from transforms.dicomweb.qido_query import INCLUDE_ALL, element_text, key_name, 
 from transforms.records import MatchBatch
 from transforms.results import SearchResult
 from transforms.search import DEFAULT_MAX_CONCURRENCY, SearchDicomStore
+from transforms.write_lines import WriteLineFiles
 
 MATCHES_PER_ELEMENT = 500
 
@@ -163,34 +164,19 @@ def build(pipeline: beam.Pipeline, settings: SearchSettings) -> SearchResult:
         batch_matches=MATCHES_PER_ELEMENT,
     )
     failed = (read.failed, search.failed) | "AllDeadLetters" >> beam.Flatten()
-    _ = (
-        search.matches
-        | "MatchesToJson" >> beam.Map(lambda b: b.to_jsonl())
-        | "WriteResults" >> _write_lines(settings.output, "results", ".jsonl")
-    )
+    # All result files through one gathering step (as the other jobs); a re-run into the same
+    # prefix replaces the earlier run's shards (transforms/write_lines.py).
+    named = {
+        "results": search.matches | "MatchesToJson" >> beam.Map(lambda b: b.to_jsonl()),
+        "dead_letter": failed | "DeadLettersToJson" >> beam.Map(lambda r: r.to_json()),
+    }
+    headers = {}
     if settings.csv_fields:
         fields = settings.csv_fields
-        header = ",".join(["query_id", *(key_name(tag) for tag in fields)])
-        _ = (
-            search.matches
-            | "MatchesToCsv" >> beam.Map(csv_lines, fields)
-            | "WriteCsv" >> _write_lines(settings.output, "results", ".csv", header=header)
-        )
-    _ = (
-        failed
-        | "DeadLettersToJson" >> beam.Map(lambda r: r.to_json())
-        | "WriteDeadLetters" >> _write_lines(settings.output, "dead_letter", ".jsonl")
-    )
+        named["results.csv"] = search.matches | "MatchesToCsv" >> beam.Map(csv_lines, fields)
+        headers["results.csv"] = ",".join(["query_id", *(key_name(tag) for tag in fields)])
+    _ = named | "WriteResults" >> WriteLineFiles(settings.output, headers=headers)
     return SearchResult(matches=search.matches, failed=failed)  # matches: MatchBatch
-
-
-def _write_lines(prefix: str, name: str, suffix: str, header: str | None = None) -> beam.PTransform:
-    return beam.io.WriteToText(
-        f"{prefix}/{name}",
-        file_name_suffix=suffix,
-        shard_name_template="-SSSSS-of-NNNNN",
-        header=header,
-    )
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """Write a PCollection of text lines as ``PREFIX/NAME-SSSSS-of-NNNNN.jsonl`` shards.
 
+A name with a suffix of its own (``results.csv``) gives ``PREFIX/results-SSSSS-of-NNNNN.csv``.
+
     lines | WriteLines("/tmp/run1", "stored")
 
 What ``beam.io.WriteToText`` does for a job's result files, with a smaller graph (it is a fifth
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -34,9 +36,15 @@ _log = logging.getLogger(__name__)
 
 
 class _WriteBundleFn(beam.DoFn):
-    def __init__(self, temp_dir: str, to_line: Callable[[Any], str] | None = None) -> None:
+    def __init__(
+        self,
+        temp_dir: str,
+        to_line: Callable[[Any], str] | None = None,
+        header: str | None = None,
+    ) -> None:
         self._temp_dir = temp_dir
         self._to_line = to_line
+        self._header = header  # the first line of every shard (a CSV's column names)
         self._file: object | None = None
         self._path = ""
 
@@ -50,6 +58,8 @@ class _WriteBundleFn(beam.DoFn):
             self._file = FileSystems.create(
                 self._path, mime_type="text/plain", compression_type=CompressionTypes.UNCOMPRESSED
             )
+            if self._header is not None:
+                self._file.write(self._header.encode("utf-8") + b"\n")
         self._file.write(line.encode("utf-8") + b"\n")  # type: ignore[attr-defined]
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
@@ -65,7 +75,8 @@ def _finalize(
     # None is the marker every name gets (see _every_name): a name with no line has only it.
     temps = sorted(path for path in element[1] if path is not None)
     n = len(temps)
-    finals = [f"{prefix}/{name}-{i:05d}-of-{n:05d}.jsonl" for i in range(n)]
+    stem, suffix = _stem_and_suffix(name)
+    finals = [f"{prefix}/{stem}-{i:05d}-of-{n:05d}{suffix}" for i in range(n)]
     # A retried finalisation finds some files already renamed.
     pending = [(t, f) for t, f in zip(temps, finals, strict=True) if FileSystems.exists(t)]
     if pending:
@@ -82,12 +93,19 @@ def _finalize(
     return finals
 
 
+def _stem_and_suffix(name: str) -> tuple[str, str]:
+    """``results.csv`` -> (``results``, ``.csv``); a name without a suffix is ``.jsonl``."""
+    stem, dot, extension = name.partition(".")
+    return (stem, dot + extension) if dot else (name, ".jsonl")
+
+
 def _delete_earlier_shards(prefix: str, name: str, finals: list[str]) -> None:
     """Delete the ``NAME-SSSSS-of-NNNNN.jsonl`` shards under ``prefix`` that are not this run's."""
-    shard = re.compile(re.escape(name) + r"-\d{5}-of-\d{5}\.jsonl")
+    stem, suffix = _stem_and_suffix(name)
+    shard = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}" + re.escape(suffix))
     keep = set(finals)
     try:
-        found = FileSystems.match([f"{prefix}/{name}-*-of-*.jsonl"])[0].metadata_list
+        found = FileSystems.match([f"{prefix}/{stem}-*-of-*{suffix}"])[0].metadata_list
         earlier = [
             m.path
             for m in found
@@ -150,8 +168,14 @@ class WriteLines(beam.PTransform):
 class _NamedWriteBundleFn(_WriteBundleFn):
     """``_WriteBundleFn`` whose temporary paths come out keyed by their file name."""
 
-    def __init__(self, name: str, temp_dir: str, to_line: Callable[[Any], str] | None) -> None:
-        super().__init__(temp_dir, to_line)
+    def __init__(
+        self,
+        name: str,
+        temp_dir: str,
+        to_line: Callable[[Any], str] | None,
+        header: str | None = None,
+    ) -> None:
+        super().__init__(temp_dir, to_line, header)
         self._name = name
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
@@ -172,12 +196,20 @@ class WriteLineFiles(beam.PTransform):
     step costs a runner a fixed time per job). Outputs the shard paths.
 
         {"stored": stored, "dead_letter": failed} | WriteLineFiles(prefix, to_line=to_json)
+
+    ``headers`` gives a name the first line of each of its shards (``{"results.csv": "a,b"}``).
     """
 
-    def __init__(self, prefix: str, to_line: Callable[[Any], str] | None = None) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        to_line: Callable[[Any], str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self._prefix = prefix.rstrip("/")
         self._to_line = to_line
+        self._headers = dict(headers or {})
         self._id = uuid.uuid4().hex
 
     def expand(self, named: dict[str, beam.PCollection]) -> beam.PCollection:
@@ -185,7 +217,9 @@ class WriteLineFiles(beam.PTransform):
         paths = tuple(
             lines
             | f"Write_{name}"
-            >> beam.ParDo(_NamedWriteBundleFn(name, temp_dirs[name], self._to_line))
+            >> beam.ParDo(
+                _NamedWriteBundleFn(name, temp_dirs[name], self._to_line, self._headers.get(name))
+            )
             for name, lines in named.items()
         )
         markers = _every_name(next(iter(named.values())).pipeline, named, "Markers")

@@ -92,3 +92,22 @@ def test_write_lines_replaces_earlier_shards_even_when_it_has_no_line(tmp_path: 
         _ = p | beam.Create([]) | WriteLines(str(out), "plan")
     assert list(out.glob("plan-*")) == []
     assert [p.name for p in out.glob("deleted-*")] == ["deleted-00000-of-00001.jsonl"]
+
+
+def test_a_name_with_a_suffix_and_a_header(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _earlier_run(out, "results", 1)  # .jsonl of the same stem: this run's, replaced below
+    earlier_csv = out / "results-00001-of-00002.csv"
+    earlier_csv.write_text("old\n")
+    with TestPipeline() as p:
+        named = {
+            "results": p | "Json" >> beam.Create(['{"a": 1}']),
+            "results.csv": p | "Csv" >> beam.Create(["1,x", "2,y"]),
+        }
+        _ = named | WriteLineFiles(str(out), headers={"results.csv": "id,name"})
+    (csv_shard,) = out.glob("results-*.csv")
+    assert csv_shard.name == "results-00000-of-00001.csv"
+    lines = csv_shard.read_text().splitlines()
+    assert lines[0] == "id,name" and sorted(lines[1:]) == ["1,x", "2,y"]
+    (json_shard,) = out.glob("results-*.jsonl")
+    assert json_shard.read_text() == '{"a": 1}\n'  # no header where none was given

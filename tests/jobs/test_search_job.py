@@ -257,6 +257,31 @@ def test_too_many_matches_is_one_dead_letter(corpus: search_data.Corpus, tmp_pat
     assert letter["reason"] == "too_many_matches" and letter["source"] == "query 1"
 
 
+def test_a_rerun_into_the_same_output_replaces_its_files(
+    corpus: search_data.Corpus, tmp_path: Path
+) -> None:
+    """The second run's files are its own: no line of an earlier run lingers."""
+    out = tmp_path / "out"
+    capped = ["--max_limit", "2", "--max_offset", "2", "--page_end", "short"]
+    with QidoStandin() as standin:
+        standin.add(corpus.json_datasets())
+        assert _run(standin.dicomweb_url, out, "--level", "studies", *capped) == (
+            search.EXIT_DEAD_LETTERS
+        )
+        assert [d["reason"] for d in _rows(out, "dead_letter")] == ["too_many_matches"]
+        # And shards of a run with other shard counts (as a Dataflow run writes them).
+        for stale in ("results-00001-of-00002.jsonl", "dead_letter-00002-of-00003.jsonl"):
+            (out / stale).write_text('{"stale": true}\n')
+        argv = ["--level", "studies", "--page_end", "short", "--csv", "PatientName"]
+        assert _run(standin.dicomweb_url, out, *argv) == search.EXIT_OK
+    assert _rows(out, "dead_letter") == []
+    assert len(_rows(out)) == len(corpus.uids("studies"))
+    (csv_path,) = out.glob("results-*.csv")
+    with open(csv_path, newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["query_id", "PatientName"] and len(table) - 1 == len(_rows(out))
+
+
 def test_a_value_with_a_space_matches_nothing_on_orthanc_a_wildcard_does(
     stored: LocalOrthanc, corpus: search_data.Corpus, tmp_path: Path
 ) -> None:

@@ -30,7 +30,7 @@ DATAFLOW = [
 
 EXPECTED = {
     "store": {"ReadDicomFiles", "WriteToDicomStore", "WriteResults"},
-    "search": {"SelectQueries", "SearchDicomStore", "WriteResults", "WriteDeadLetters"},
+    "search": {"SelectQueries", "SearchDicomStore", "WriteResults"},
     "retrieve": {"ReadUidsFile", "RetrieveFromDicomStore", "WriteResults"},
     # One job: plan, the --max_targets gate (a side input inside DeleteFromDicomStore), deletes.
     "delete": {
