@@ -70,10 +70,13 @@ class _WriteBundleFn(beam.DoFn):
 
 
 def _finalize(
-    element: tuple[None, Iterable[str | None]], prefix: str, name: str, temp_dir: str
+    element: tuple[str, Iterable[str | None]], prefix: str, temp_dirs: dict[str, str]
 ) -> list[str]:
+    """Renames a name's committed bundles to its shards; deletes an earlier run's shards."""
+    name, paths = element
+    temp_dir = temp_dirs[name]
     # None is the marker every name gets (see _every_name): a name with no line has only it.
-    temps = sorted(path for path in element[1] if path is not None)
+    temps = sorted(path for path in paths if path is not None)
     n = len(temps)
     stem, suffix = _stem_and_suffix(name)
     finals = [f"{prefix}/{stem}-{i:05d}-of-{n:05d}{suffix}" for i in range(n)]
@@ -135,34 +138,17 @@ class WriteLines(beam.PTransform):
     """Lines (str) -> shards ``PREFIX/NAME-SSSSS-of-NNNNN.jsonl``; outputs the shard paths.
 
     ``to_line`` turns each element into its line in the same step (records -> JSON without a
-    Map of their own: one step less per element).
+    Map of their own: one step less per element). One name of ``WriteLineFiles``.
     """
 
     def __init__(self, prefix: str, name: str, to_line: Callable[[Any], str] | None = None) -> None:
         super().__init__()
-        self._prefix = prefix.rstrip("/")
+        self._prefix = prefix
         self._name = name
         self._to_line = to_line
-        self._temp_dir = f"{self._prefix}/.temp-{name}-{uuid.uuid4().hex}"
 
     def expand(self, lines: beam.PCollection) -> beam.PCollection:
-        keyed = (
-            lines
-            | "WriteBundles" >> beam.ParDo(_WriteBundleFn(self._temp_dir, self._to_line))
-            | "OneKey" >> beam.Map(lambda path: (None, path))
-        )
-        return (
-            (keyed, _every_name(lines.pipeline, [None], "Marker"))
-            | "WithMarker" >> beam.Flatten()
-            | "Gather" >> beam.GroupByKey()
-            | "Rename"
-            >> beam.FlatMap(
-                _finalize, prefix=self._prefix, name=self._name, temp_dir=self._temp_dir
-            )
-        )
-
-
-# --- several result files with one gathering step (pipelines.store_json_jpeg) ------------------
+        return {self._name: lines} | WriteLineFiles(self._prefix, to_line=self._to_line)
 
 
 class _NamedWriteBundleFn(_WriteBundleFn):
@@ -181,13 +167,6 @@ class _NamedWriteBundleFn(_WriteBundleFn):
     def finish_bundle(self) -> Iterator[WindowedValue]:
         for path in super().finish_bundle():
             yield path.with_value((self._name, path.value))
-
-
-def _finalize_named(
-    element: tuple[str, Iterable[str]], prefix: str, temp_dirs: dict[str, str]
-) -> list[str]:
-    name = element[0]
-    return _finalize((None, element[1]), prefix, name, temp_dirs[name])
 
 
 class WriteLineFiles(beam.PTransform):
@@ -227,5 +206,5 @@ class WriteLineFiles(beam.PTransform):
             (*paths, markers)
             | "Paths" >> beam.Flatten()
             | "Gather" >> beam.GroupByKey()
-            | "Rename" >> beam.FlatMap(_finalize_named, prefix=self._prefix, temp_dirs=temp_dirs)
+            | "Rename" >> beam.FlatMap(_finalize, prefix=self._prefix, temp_dirs=temp_dirs)
         )
