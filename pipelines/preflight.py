@@ -7,6 +7,7 @@ output that cannot be written give one clear error at launch instead of a millio
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterable
 
@@ -64,6 +65,7 @@ def check_output(prefix: str, *, overwrite: bool, names: Iterable[str] = RESULT_
             raise PreflightError(
                 f"cannot delete the earlier results in {prefix!r}: {type(exc).__name__}"
             ) from None
+        logging.info("--overwrite: deleted %d result files of an earlier run", len(found))
     probe = f"{prefix}/.write-test-{uuid.uuid4().hex}"
     try:
         with FileSystems.create(probe) as f:

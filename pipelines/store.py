@@ -12,7 +12,6 @@ results (unless --overwrite) or not writable, or a failed preflight; 1 if the jo
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,9 +99,7 @@ def run(argv: Sequence[str] | None = None) -> StoreRun | None:
         options.view_as(StandardOptions).runner = "FnApiRunner"
     # Always, even with --no_preflight: an empty glob or a reused output is a usage error.
     preflight.check_inputs(settings.inputs)
-    removed = preflight.check_output(settings.output, overwrite=settings.overwrite)
-    if removed:
-        logging.info("--overwrite: deleted %d result files of an earlier run", len(removed))
+    preflight.check_output(settings.output, overwrite=settings.overwrite)
     if settings.preflight:
         preflight.check_store(settings.config.endpoint, settings.auth)
     pipeline = beam.Pipeline(options=options)

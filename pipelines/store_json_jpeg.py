@@ -18,7 +18,6 @@ options or a failed preflight.
 from __future__ import annotations
 
 import csv
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -279,11 +278,7 @@ def run(argv: Sequence[str] | None = None) -> JsonJpegRun | None:
     # As pipelines.store, even with --no_preflight: a glob matching nothing or an output holding
     # another run's results is a usage error (--overwrite deletes those results first).
     preflight.check_inputs(settings.inputs)
-    removed = preflight.check_output(
-        settings.output, overwrite=settings.overwrite, names=RESULT_NAMES
-    )
-    if removed:
-        logging.info("--overwrite: deleted %d result files of an earlier run", len(removed))
+    preflight.check_output(settings.output, overwrite=settings.overwrite, names=RESULT_NAMES)
     if settings.preflight and settings.config is not None and not settings.build_only:
         preflight.check_store(settings.config.endpoint, settings.auth)
     pipeline = beam.Pipeline(options=options)
