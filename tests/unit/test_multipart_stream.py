@@ -155,3 +155,102 @@ def test_large_chunks_handed_over_as_views_at_random_cuts() -> None:
         for _headers in stream.parts():
             held.append(list(stream.body()))  # every piece kept until the end
         assert [b"".join(p) for p in held] == [d for _, d in parts]
+
+
+def encode_counted(parts: list[tuple[str, bytes]], boundary: str = BOUNDARY, lengths=None) -> bytes:
+    """A body whose parts announce their Content-Length, as Orthanc's do; ``lengths`` may
+    announce other lengths than the parts hold."""
+    out = b""
+    for i, (ct, data) in enumerate(parts):
+        announced = len(data) if lengths is None else lengths[i]
+        out += f"--{boundary}\r\nContent-Type: {ct}\r\nContent-Length: {announced}\r\n\r\n".encode()
+        out += data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+COUNTED = [
+    ("application/dicom", b"DICM" + bytes(range(256)) * 40),
+    ("application/dicom", b""),
+    ("application/octet-stream", b"\r\n--" + BOUNDARY[:-1].encode() + b"\r\n"),  # near-boundary
+    ("application/dicom", random.Random(4).randbytes(70_000)),
+]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 16, 61, 1000, 1 << 20])
+def test_counted_parts_equal_what_was_encoded_at_any_chunk_size(size: int) -> None:
+    assert decode(chunked(encode_counted(COUNTED), size)) == COUNTED
+
+
+def test_counted_parts_at_random_cuts_with_every_piece_kept() -> None:
+    data = encode_counted(COUNTED)
+    rng = random.Random(12)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 40)))
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        stream = MultipartStream(iter(pieces), BOUNDARY)
+        held = [list(stream.body()) for _headers in stream.parts()]
+        assert [b"".join(p) for p in held] == [d for _, d in COUNTED]
+
+
+def test_a_counted_part_is_not_searched_but_its_pieces_are_the_chunks_themselves() -> None:
+    """The point of the counted path: a large chunk inside a part is handed over as it came,
+    not cut where a delimiter might start (one piece a chunk, not two)."""
+    chunk = 64 * 1024
+    data = bytes(chunk) * 16
+    body = encode_counted([("application/dicom", data)])
+    head = body.index(b"\r\n\r\n") + 4
+    chunks = [body[:head], *chunked(body[head:], chunk)]
+    stream = MultipartStream(iter(chunks), BOUNDARY)
+    for _ in stream.parts():
+        pieces = list(stream.body())
+    assert b"".join(pieces) == data
+    assert len(pieces) == 16 and all(len(p) == chunk for p in pieces)
+
+
+@pytest.mark.parametrize(
+    ("changes", "size"),
+    [
+        ({3: +1}, 1000),  # the last part announced one byte more: the end of the body is met
+        ({3: -1}, 1000),  # the last part holds one byte more than announced
+        ({0: +1}, 7),  # a part announced one byte more: its delimiter is swallowed
+        ({0: -1}, 61),  # a part holds one byte more: no boundary after its length
+        ({1: +5}, 1 << 20),  # an empty part announced 5 bytes
+        ({2: +200}, 3),  # a part announced more than it and the next part's headers hold
+    ],
+)
+def test_a_counted_part_of_another_length_than_announced_is_a_size_mismatch(
+    changes: dict[int, int], size: int
+) -> None:
+    lengths = [len(d) + changes.get(i, 0) for i, (_, d) in enumerate(COUNTED)]
+    with pytest.raises(MultipartError) as info:
+        decode(chunked(encode_counted(COUNTED, lengths=lengths), size))
+    assert info.value.reason == "size_mismatch"
+
+
+@pytest.mark.parametrize("size", [1, 13, 4096, 1 << 20])
+def test_a_counted_body_cut_anywhere_raises_truncated(size: int) -> None:
+    body = encode_counted(COUNTED)
+    rng = random.Random(size)
+    close = len(f"\r\n--{BOUNDARY}--\r\n")  # a cut after the close delimiter's "--" is whole
+    for cut in [*rng.sample(range(len(body) - 4), 40), len(body) - close, len(body) - 5]:
+        with pytest.raises(MultipartError) as info:
+            decode(chunked(body[:cut], size))
+        assert info.value.reason == "truncated_response", cut
+
+
+def test_a_reader_stopping_after_a_counted_part_goes_on_at_the_next_part() -> None:
+    """A reader that takes exactly the announced bytes and asks for the next part: the rest
+    of the part (its delimiter) is skipped, not its length read again."""
+    for size in (100, 1 << 20):
+        stream = MultipartStream(chunked(encode_counted(COUNTED), size), BOUNDARY)
+        got = []
+        for index, _headers in enumerate(stream.parts()):
+            wanted = len(COUNTED[index][1])
+            data = b""
+            for piece in stream.body():
+                data += piece
+                if len(data) >= wanted:
+                    break  # every byte read; the delimiter after them is left to parts()
+            got.append(data)
+        assert stream.parts_read == len(COUNTED)
+        assert got == [d for _, d in COUNTED]

@@ -4,6 +4,8 @@ A WADO-RS answer for a series or a study is one multipart body holding every ins
 whole (``requests``' ``.content``, ``email.parser``) costs the size of the series. This decoder
 pulls chunks from an iterator, passes each part's bytes on as soon as they cannot be the start of
 a delimiter, and keeps at most one chunk plus one delimiter in memory, whatever the part sizes.
+A part that announces its ``Content-Length`` (Orthanc's do) is passed on by count, without
+searching its bytes, and the delimiter must follow right after them.
 
 A body that ends before the close delimiter (``--boundary--``) raises ``MultipartError`` with
 reason ``truncated_response``; a body with no opening delimiter, a header block that never ends
@@ -21,6 +23,9 @@ from transforms.dead_letter import Reason
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_PREAMBLE_BYTES = 64 * 1024
+# Of a counted part, the last bytes kept to tell a part shorter than announced (the close
+# delimiter is among them) from a cut body. An epilogue longer than this makes it "truncated".
+_TAIL_BYTES = 512
 
 
 class MultipartError(Exception):
@@ -228,6 +233,9 @@ class MultipartStream:
         """
         if not self._in_body:
             return
+        if self._expected is not None:
+            yield from self._counted_body(self._expected)
+            return
         keep = len(self._delimiter) - 1
         searched = 0
         while True:
@@ -264,6 +272,61 @@ class MultipartStream:
                 self._in_body = False
                 self._done = True
                 raise self._truncated("inside a part")
+
+    def _counted_body(self, expected: int) -> Iterator[bytes | memoryview]:
+        """A part that announced its ``Content-Length`` (Orthanc's do): its bytes are handed
+        over without searching them for the delimiter, which must then follow them at once.
+
+        Searching is most of the decoder's CPU on large parts (about 0.3 s a GiB here). A part
+        that is longer than it announced has no delimiter after its length; one that is
+        shorter swallows the delimiter and what follows, so it has none either, or meets the
+        end of the body with the close delimiter among its last bytes: both are a size
+        mismatch, as on the searching path. A body that ends otherwise was cut.
+        """
+        remaining = expected - self._received  # a body() asked for again goes on where it was
+        tail = b""  # the part's last bytes: where a close delimiter swallowed by it would be
+        while remaining:
+            if self._buf:
+                size = min(remaining, len(self._buf))
+                piece: bytes | memoryview = self._take(size)
+            else:
+                chunk = self._next_chunk()
+                if chunk is None:
+                    self._in_body = False
+                    self._done = True
+                    if tail.find(self._delimiter + b"--") >= 0:
+                        raise self._mismatch(expected, expected - remaining)
+                    raise self._truncated("inside a part")
+                size = min(remaining, len(chunk))
+                if size < len(chunk):
+                    view = memoryview(chunk)
+                    piece = view[:size]
+                    self._buf[:] = view[size:]
+                else:
+                    piece = chunk
+            remaining -= size
+            self._received += size
+            tail = (tail + bytes(piece[-_TAIL_BYTES:]))[-_TAIL_BYTES:]
+            yield piece
+        while len(self._buf) < len(self._delimiter) and self._fill():
+            pass
+        if not self._buf.startswith(self._delimiter):
+            self._in_body = False
+            self._done = True
+            if self._delimiter.startswith(bytes(self._buf)):
+                raise self._truncated("inside a part")
+            raise MultipartError(
+                Reason.SIZE_MISMATCH,
+                f"a part announced {expected} bytes and no boundary follows them",
+            )
+        del self._buf[: len(self._delimiter)]
+        self._in_body = False
+        self.parts_read += 1
+
+    def _mismatch(self, expected: int, received: int) -> MultipartError:
+        return MultipartError(
+            Reason.SIZE_MISMATCH, f"a part announced {expected} bytes and held {received}"
+        )
 
     def _next_chunk(self) -> bytes | None:
         for chunk in self._chunks:
@@ -305,9 +368,6 @@ class MultipartStream:
         self._received += size
         self._in_body = False
         if self._expected is not None and self._expected != self._received:
-            raise MultipartError(
-                Reason.SIZE_MISMATCH,
-                f"a part announced {self._expected} bytes and held {self._received}",
-            )
+            raise self._mismatch(self._expected, self._received)
         self.parts_read += 1
         return [last] if size else []
