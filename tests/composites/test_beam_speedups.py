@@ -162,3 +162,34 @@ def test_a_view_kept_for_an_object_whose_id_is_reused_is_not_served() -> None:
         view = second.view_as(GoogleCloudOptions)
         assert view is not stale and view.project == "two"
         assert second.view_as(GoogleCloudOptions) is view  # and the right one is kept now
+
+
+class _SamplerPeriod(beam.DoFn):
+    """Yields the sampling period of the state sampler running its bundle."""
+
+    def process(self, element: int) -> Iterator[int]:
+        from apache_beam.runners.worker import statesampler  # noqa: PLC0415
+
+        tracker = statesampler.get_current_tracker()
+        yield -1 if tracker is None else tracker.sampling_period_ms
+
+
+def test_bundles_run_with_a_short_sampler_period_inside_and_beams_outside() -> None:
+    """Stopping a bundle's sampler waits for the rest of its sleep: 10 ms inside the context
+    at most, where Beam's default let a long bundle end up to 200 ms after its work."""
+    from apache_beam.runners.worker import statesampler  # noqa: PLC0415
+
+    def bundles_see(period: int) -> None:
+        with beam.Pipeline(options=PipelineOptions(runner="FnApiRunner")) as p:
+            seen = p | beam.Create([1, 2]) | beam.ParDo(_SamplerPeriod())
+            assert_that(seen, equal_to([period, period]))
+
+    default = statesampler.DEFAULT_SAMPLING_PERIOD_MS
+    with beam_work_kept():
+        bundles_see(beam_speedups.SAMPLING_PERIOD_MS)
+        with beam_work_kept():
+            pass  # an inner context closing leaves the short period in place
+        assert statesampler.StateSampler("x", None).sampling_period_ms == 10
+        assert statesampler.StateSampler("x", None, 50).sampling_period_ms == 50  # asked: kept
+    assert statesampler.StateSampler("x", None).sampling_period_ms == default == 200
+    bundles_see(default)
