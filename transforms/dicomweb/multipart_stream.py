@@ -295,7 +295,11 @@ class MultipartStream:
                     self._in_body = False
                     self._done = True
                     if tail.find(self._delimiter + b"--") >= 0:
-                        raise self._mismatch(expected, expected - remaining)
+                        raise MultipartError(
+                            Reason.SIZE_MISMATCH,
+                            f"a part announced {expected} bytes; the body closed after "
+                            f"{expected - remaining} (its close delimiter among them)",
+                        )
                     raise self._truncated("inside a part")
                 size = min(remaining, len(chunk))
                 if size < len(chunk):
