@@ -26,6 +26,19 @@ def encode(parts: list[tuple[str, bytes]], boundary: str = BOUNDARY) -> bytes:
     return body.read()
 
 
+def encode_counted(
+    parts: list[tuple[str, bytes]], boundary: str = BOUNDARY, lengths: list[int] | None = None
+) -> bytes:
+    """A body whose parts announce their Content-Length, as Orthanc's do; ``lengths`` may
+    announce other lengths than the parts hold."""
+    out = b""
+    for i, (ct, data) in enumerate(parts):
+        announced = len(data) if lengths is None else lengths[i]
+        out += f"--{boundary}\r\nContent-Type: {ct}\r\nContent-Length: {announced}\r\n\r\n".encode()
+        out += data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
 def chunked(data: bytes, size: int) -> Iterator[bytes]:
     for i in range(0, len(data), size):
         yield data[i : i + size]
@@ -48,8 +61,10 @@ PARTS = [
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 16, 61, 1000, 1 << 20])
-def test_parts_equal_what_was_encoded_at_any_chunk_size(size: int) -> None:
-    assert decode(chunked(encode(PARTS), size)) == PARTS
+@pytest.mark.parametrize("counted", [False, True], ids=["searched", "counted"])
+def test_parts_equal_what_was_encoded_at_any_chunk_size(size: int, counted: bool) -> None:
+    body = encode_counted(PARTS) if counted else encode(PARTS)
+    assert decode(chunked(body, size)) == PARTS
 
 
 def test_preamble_no_headers_padding_and_epilogue_are_tolerated() -> None:
@@ -134,10 +149,12 @@ def test_content_type_helpers() -> None:
         boundary_of('multipart/related; type="application/dicom"')
 
 
-def test_large_chunks_handed_over_as_views_at_random_cuts() -> None:
-    """Chunks larger than a delimiter go the fast way (searched where they are, handed over as
-    views): parts still equal what was encoded wherever the cuts fall, near-delimiters and a
-    delimiter split across two chunks included; the views stay valid once read further."""
+@pytest.mark.parametrize("counted", [False, True], ids=["searched", "counted"])
+def test_large_chunks_handed_over_as_views_at_random_cuts(counted: bool) -> None:
+    """Chunks larger than a delimiter go the fast way (searched where they are, or counted when
+    the parts announce their length, and handed over as views): parts still equal what was
+    encoded wherever the cuts fall, near-delimiters and a delimiter split across two chunks
+    included; the views stay valid once read further."""
     near = b"\r\n--" + BOUNDARY.encode()[:-1]
     parts = [
         ("application/dicom", (near + b"x" * 50) * 20 + random.Random(5).randbytes(3000)),
@@ -145,7 +162,7 @@ def test_large_chunks_handed_over_as_views_at_random_cuts() -> None:
         ("application/dicom", b""),
         ("application/dicom", random.Random(6).randbytes(70_000)),
     ]
-    data = encode(parts)
+    data = encode_counted(parts) if counted else encode(parts)
     rng = random.Random(11)
     for _ in range(200):
         cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 40)))
@@ -155,41 +172,6 @@ def test_large_chunks_handed_over_as_views_at_random_cuts() -> None:
         for _headers in stream.parts():
             held.append(list(stream.body()))  # every piece kept until the end
         assert [b"".join(p) for p in held] == [d for _, d in parts]
-
-
-def encode_counted(parts: list[tuple[str, bytes]], boundary: str = BOUNDARY, lengths=None) -> bytes:
-    """A body whose parts announce their Content-Length, as Orthanc's do; ``lengths`` may
-    announce other lengths than the parts hold."""
-    out = b""
-    for i, (ct, data) in enumerate(parts):
-        announced = len(data) if lengths is None else lengths[i]
-        out += f"--{boundary}\r\nContent-Type: {ct}\r\nContent-Length: {announced}\r\n\r\n".encode()
-        out += data + b"\r\n"
-    return out + f"--{boundary}--\r\n".encode()
-
-
-COUNTED = [
-    ("application/dicom", b"DICM" + bytes(range(256)) * 40),
-    ("application/dicom", b""),
-    ("application/octet-stream", b"\r\n--" + BOUNDARY[:-1].encode() + b"\r\n"),  # near-boundary
-    ("application/dicom", random.Random(4).randbytes(70_000)),
-]
-
-
-@pytest.mark.parametrize("size", [1, 2, 3, 7, 16, 61, 1000, 1 << 20])
-def test_counted_parts_equal_what_was_encoded_at_any_chunk_size(size: int) -> None:
-    assert decode(chunked(encode_counted(COUNTED), size)) == COUNTED
-
-
-def test_counted_parts_at_random_cuts_with_every_piece_kept() -> None:
-    data = encode_counted(COUNTED)
-    rng = random.Random(12)
-    for _ in range(200):
-        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 40)))
-        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
-        stream = MultipartStream(iter(pieces), BOUNDARY)
-        held = [list(stream.body()) for _headers in stream.parts()]
-        assert [b"".join(p) for p in held] == [d for _, d in COUNTED]
 
 
 def test_a_counted_part_is_not_searched_but_its_pieces_are_the_chunks_themselves() -> None:
@@ -221,15 +203,15 @@ def test_a_counted_part_is_not_searched_but_its_pieces_are_the_chunks_themselves
 def test_a_counted_part_of_another_length_than_announced_is_a_size_mismatch(
     changes: dict[int, int], size: int
 ) -> None:
-    lengths = [len(d) + changes.get(i, 0) for i, (_, d) in enumerate(COUNTED)]
+    lengths = [len(d) + changes.get(i, 0) for i, (_, d) in enumerate(PARTS)]
     with pytest.raises(MultipartError) as info:
-        decode(chunked(encode_counted(COUNTED, lengths=lengths), size))
+        decode(chunked(encode_counted(PARTS, lengths=lengths), size))
     assert info.value.reason == "size_mismatch"
 
 
 @pytest.mark.parametrize("size", [1, 13, 4096, 1 << 20])
 def test_a_counted_body_cut_anywhere_raises_truncated(size: int) -> None:
-    body = encode_counted(COUNTED)
+    body = encode_counted(PARTS)
     rng = random.Random(size)
     close = len(f"\r\n--{BOUNDARY}--\r\n")  # a cut after the close delimiter's "--" is whole
     for cut in [*rng.sample(range(len(body) - 4), 40), len(body) - close, len(body) - 5]:
@@ -242,15 +224,15 @@ def test_a_reader_stopping_after_a_counted_part_goes_on_at_the_next_part() -> No
     """A reader that takes exactly the announced bytes and asks for the next part: the rest
     of the part (its delimiter) is skipped, not its length read again."""
     for size in (100, 1 << 20):
-        stream = MultipartStream(chunked(encode_counted(COUNTED), size), BOUNDARY)
+        stream = MultipartStream(chunked(encode_counted(PARTS), size), BOUNDARY)
         got = []
         for index, _headers in enumerate(stream.parts()):
-            wanted = len(COUNTED[index][1])
+            wanted = len(PARTS[index][1])
             data = b""
             for piece in stream.body():
                 data += piece
                 if len(data) >= wanted:
                     break  # every byte read; the delimiter after them is left to parts()
             got.append(data)
-        assert stream.parts_read == len(COUNTED)
-        assert got == [d for _, d in COUNTED]
+        assert stream.parts_read == len(PARTS)
+        assert got == [d for _, d in PARTS]
