@@ -1,7 +1,8 @@
 """Benchmark of ``pipelines.retrieve`` against an ideal raw HTTP client doing the same work.
 
     .venv/bin/python benchmarks/bench_retrieve.py [--instances 2000] [--concurrency 8] \\
-        [--series-mb 1024] [--repeat 3] [--scenario small|large|all] [--json out.json]
+        [--series-mb 1024] [--repeat 3] [--scenario small|large|all] [--json out.json] \\
+        [--diagnose-hash] [--hold-freed-pages]
 
 Scenarios (docs/benchmarks.md says why each is fair):
 
@@ -403,7 +404,8 @@ def clean_disk() -> None:
     """Before each side: the GiBs the sides before wrote are flushed to disk (not timed), so no
     side pays for the kernel's write-back of another side's data. On the VM of 2026-12-01 it did
     not remove the variance (the same hashing client: 136 to 701 MB/s in six runs in a row, with
-    or without it); docs/benchmarks.md says what was seen."""
+    or without it): that came from the VM's page reporting, which ``--hold-freed-pages``
+    removes (vm_pages.py)."""
     os.sync()
 
 

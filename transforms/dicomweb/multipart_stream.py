@@ -327,11 +327,6 @@ class MultipartStream:
         self._in_body = False
         self.parts_read += 1
 
-    def _mismatch(self, expected: int, received: int) -> MultipartError:
-        return MultipartError(
-            Reason.SIZE_MISMATCH, f"a part announced {expected} bytes and held {received}"
-        )
-
     def _next_chunk(self) -> bytes | None:
         for chunk in self._chunks:
             if chunk:
@@ -372,6 +367,9 @@ class MultipartStream:
         self._received += size
         self._in_body = False
         if self._expected is not None and self._expected != self._received:
-            raise self._mismatch(self._expected, self._received)
+            raise MultipartError(
+                Reason.SIZE_MISMATCH,
+                f"a part announced {self._expected} bytes and held {self._received}",
+            )
         self.parts_read += 1
         return [last] if size else []
